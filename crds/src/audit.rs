@@ -1,0 +1,771 @@
+//! The audit record and its hash chain.
+//!
+//! One JSON object per line. Each record carries `seq` (1, 2, 3…), `prevHash`
+//! (the `hash` of the record before it; 64 zeros for the first) and `hash`:
+//! SHA-256 over the record's canonical form, which is the record without its
+//! `hash` field, serialized as compact JSON with object keys sorted
+//! byte-wise at every level. Nothing else (no floats, no whitespace choices)
+//! enters the hash, so any conforming JSON tool can recompute it.
+//!
+//! [`verify`] walks a log and names the first record that was modified,
+//! removed, reordered or forged, and reports a log cut off mid-record as
+//! truncated. A chain detects edits anywhere but its end; to detect a rewrite
+//! of the whole tail, compare the last `hash` with a copy kept elsewhere (the
+//! operator's collector) — pass it as an anchor.
+//!
+//! Fields follow PCI DSS 10.2.2: who (`actor`), what (`event`), when
+//! (`time`, UTC), success or failure (`outcome`), where from (`origin`) and
+//! which data or resource (`resource`).
+
+use std::fmt;
+use std::io::BufRead;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::v1alpha1::{RuleAction, StatementClass};
+
+/// `prevHash` of the first record of a chain.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened. Dotted names group events for SIEM queries.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The audit trail started (PCI DSS 10.2.1.6).
+    #[serde(rename = "audit.start")]
+    AuditStart,
+    /// The audit trail stopped cleanly.
+    #[serde(rename = "audit.stop")]
+    AuditStop,
+    /// A configuration was loaded and is in force.
+    #[serde(rename = "config.loaded")]
+    ConfigLoaded,
+    /// A configuration was refused; the previous one (or none) stays.
+    #[serde(rename = "config.rejected")]
+    ConfigRejected,
+    /// An agent authenticated.
+    #[serde(rename = "auth.success")]
+    AuthSuccess,
+    /// An authentication attempt failed (PCI DSS 10.2.1.4).
+    #[serde(rename = "auth.failure")]
+    AuthFailure,
+    /// A client session began.
+    #[serde(rename = "session.start")]
+    SessionStart,
+    /// A client session ended.
+    #[serde(rename = "session.end")]
+    SessionEnd,
+    /// A connection was refused before authentication (unknown target,
+    /// malformed protocol, too many connections).
+    #[serde(rename = "connection.refused")]
+    ConnectionRefused,
+    /// A statement or request was decided and, if allowed, run.
+    #[serde(rename = "statement")]
+    Statement,
+    /// An ApprovalRequest was created.
+    #[serde(rename = "approval.created")]
+    ApprovalCreated,
+    /// A reviewer added a review.
+    #[serde(rename = "approval.review")]
+    ApprovalReview,
+    /// A request reached its final decision.
+    #[serde(rename = "approval.decided")]
+    ApprovalDecided,
+    /// An approved statement ran.
+    #[serde(rename = "approval.executed")]
+    ApprovalExecuted,
+    /// The requester withdrew the request.
+    #[serde(rename = "approval.withdrawn")]
+    ApprovalWithdrawn,
+    /// The request expired undecided.
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
+    /// A policy or masking rule changed in the cluster (PCI DSS 10.2.1.2).
+    #[serde(rename = "policy.changed")]
+    PolicyChanged,
+}
+
+/// Whether the event succeeded, as PCI DSS 10.2.2 asks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The action happened.
+    Success,
+    /// The action was refused or failed.
+    Failure,
+}
+
+/// Who acted: the authenticated agent, or a reviewer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    /// Subject (or username) as authenticated; for a failed authentication,
+    /// what the client claimed, marked as such in `auth.reason`.
+    pub subject: String,
+    /// Token issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// Where the event came from: the component, the pod it runs in, the client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Origin {
+    /// `sidecar` or `operator`.
+    pub component: String,
+    /// Pod namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Pod UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Pod service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Host name when not in a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Client address and port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Session identifier, shared by all records of one client connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// The data or resource the event touched.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    /// Target name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Database (postgres targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Relations read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<String>,
+    /// Relations written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<String>,
+    /// Kind/name of a Kubernetes object (policies, approval requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// Details of a statement event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatementDetails {
+    /// Statement text, masked.
+    pub text: String,
+    /// Class it was parsed as.
+    pub class: StatementClass,
+    /// What the policy decided.
+    pub decision: RuleAction,
+    /// Rule that decided, or `defaultAction`.
+    pub rule: String,
+    /// `simple`, `extended` (Parse/Bind/Execute), `copy`, `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Rows returned or affected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Bytes of row data returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Time from receiving the statement to its completion, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// Values masked in the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_values: Option<u64>,
+    /// SQLSTATE of an error, from the server or the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    /// ApprovalRequest that allowed or held it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+}
+
+/// Details of an approval event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalDetails {
+    /// ApprovalRequest name.
+    pub name: String,
+    /// Approved, Denied, Expired, Withdrawn, Consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Reviewer (authenticated username).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<String>,
+    /// Reviewer's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Statement fingerprint the request is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// One audit record. Optional sections appear only for the events that use
+/// them; verification works on the raw JSON, so readers of older or newer
+/// records still verify them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// UTC time, RFC 3339 with microseconds.
+    pub time: String,
+    /// What happened.
+    pub event: EventKind,
+    /// Success or failure.
+    pub outcome: Outcome,
+    /// Who acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// Where the event came from.
+    pub origin: Origin,
+    /// What it touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    /// Governing policy (`namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Statement details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<StatementDetails>,
+    /// Approval details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalDetails>,
+    /// Human-readable explanation (reason of a failure, what changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Hash of the previous record.
+    pub prev_hash: String,
+    /// SHA-256 of this record's canonical form.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// A record for `event` at the current time; the chain fills in `seq`,
+    /// `prevHash` and `hash` when it is sealed.
+    pub fn new(event: EventKind, outcome: Outcome, origin: Origin) -> Self {
+        Self {
+            seq: 0,
+            time: now_rfc3339(),
+            event,
+            outcome,
+            actor: None,
+            origin,
+            resource: None,
+            policy: None,
+            statement: None,
+            approval: None,
+            message: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+}
+
+/// The current UTC time as written in records: `2026-11-22T04:55:35.123456Z`.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+/// Writes the canonical form of a record: compact JSON, keys sorted at every
+/// level, the top-level `hash` left out.
+pub fn canonical_bytes(record: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    write_canonical(record, true, &mut out);
+    out
+}
+
+fn write_canonical(v: &Value, top: bool, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map
+                .keys()
+                .filter(|k| !(top && k.as_str() == "hash"))
+                .collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k).expect("writing to a Vec cannot fail");
+                out.push(b':');
+                write_canonical(&map[k], false, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, false, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+    }
+}
+
+/// SHA-256 (lower-case hex) of a record's canonical form.
+pub fn record_hash(record: &Value) -> String {
+    hex::encode(Sha256::digest(canonical_bytes(record)))
+}
+
+/// The writer's end of a chain: hands out sequence numbers and links each
+/// record to the one before.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    next_seq: u64,
+    prev_hash: String,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            prev_hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+impl Chain {
+    /// Continues a chain after the record with `seq` and `hash` (e.g. the
+    /// last record of an existing log file).
+    pub fn resume(seq: u64, hash: String) -> Self {
+        Self {
+            next_seq: seq + 1,
+            prev_hash: hash,
+        }
+    }
+
+    /// Sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Seals `record` into the chain and returns its JSON line (with a
+    /// trailing newline).
+    pub fn seal(&mut self, record: &mut AuditRecord) -> Vec<u8> {
+        record.seq = self.next_seq;
+        record.prev_hash.clone_from(&self.prev_hash);
+        record.hash.clear();
+        let value = serde_json::to_value(&*record).expect("audit records serialize");
+        record.hash = record_hash(&value);
+        self.next_seq += 1;
+        self.prev_hash.clone_from(&record.hash);
+        let mut line = serde_json::to_vec(&*record).expect("audit records serialize");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// What [`verify`] found wrong first. Lines count from 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainProblem {
+    /// A line is not a JSON record (and is not the last line).
+    Malformed {
+        /// Line number.
+        line: usize,
+        /// Parser message.
+        reason: String,
+    },
+    /// The record's content no longer matches its own hash.
+    Modified {
+        /// Line number.
+        line: usize,
+        /// The record's seq.
+        seq: u64,
+    },
+    /// Records are missing: `found` came where `expected` should be, and
+    /// `expected` appears nowhere later.
+    Missing {
+        /// Line number of the record after the gap.
+        line: usize,
+        /// First missing seq.
+        expected: u64,
+        /// Seq found instead.
+        found: u64,
+    },
+    /// Records are out of order: `expected` appears, but later (or `found`
+    /// repeats an earlier seq).
+    Reordered {
+        /// Line number.
+        line: usize,
+        /// Seq that should come here.
+        expected: u64,
+        /// Seq found instead.
+        found: u64,
+    },
+    /// The record hashes correctly but does not link to the record before
+    /// it: it, or the record before it, was replaced.
+    Forged {
+        /// Line number.
+        line: usize,
+        /// The record's seq.
+        seq: u64,
+    },
+    /// The log ends in the middle of a record: it was cut off after `last_seq`.
+    Truncated {
+        /// Line number of the partial record.
+        line: usize,
+        /// Last complete record.
+        last_seq: u64,
+    },
+    /// The first record is not the start of a chain.
+    NoGenesis {
+        /// Seq of the first record.
+        seq: u64,
+    },
+    /// The log does not reach or does not match a hash kept elsewhere.
+    AnchorMismatch {
+        /// Anchored seq.
+        seq: u64,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ChainProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed { line, reason } => {
+                write!(f, "line {line}: not an audit record ({reason})")
+            }
+            Self::Modified { line, seq } => write!(
+                f,
+                "record seq={seq} (line {line}) was modified: its content does not match its hash"
+            ),
+            Self::Missing {
+                line,
+                expected,
+                found,
+            } => write!(
+                f,
+                "record seq={expected} is missing: line {line} holds seq={found}{}",
+                if found > &(expected + 1) {
+                    format!(" (records {expected}..={} were removed)", found - 1)
+                } else {
+                    String::new()
+                }
+            ),
+            Self::Reordered {
+                line,
+                expected,
+                found,
+            } => write!(
+                f,
+                "records are out of order: line {line} holds seq={found} where seq={expected} belongs"
+            ),
+            Self::Forged { line, seq } => write!(
+                f,
+                "record seq={seq} (line {line}) is forged or follows a forged record: its prevHash is not the hash of seq={}",
+                seq.saturating_sub(1)
+            ),
+            Self::Truncated { line, last_seq } => write!(
+                f,
+                "the log was cut off: line {line} is an incomplete record after seq={last_seq}"
+            ),
+            Self::NoGenesis { seq } => write!(
+                f,
+                "the log starts at seq={seq}, not at the start of a chain: earlier records were removed (verify with an anchor to check a partial export)"
+            ),
+            Self::AnchorMismatch { seq, reason } => write!(f, "anchor seq={seq}: {reason}"),
+        }
+    }
+}
+
+/// A hash kept outside the log (by the collector, or from an earlier
+/// verification) that the log must contain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// Seq of the anchored record.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+}
+
+/// Options for [`verify`].
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Accept a log that starts mid-chain (an export of a range); its first
+    /// record is trusted as the starting point.
+    pub allow_partial: bool,
+    /// Hashes the log must contain.
+    pub anchors: Vec<Anchor>,
+}
+
+/// Result of verifying a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Complete records read.
+    pub records: u64,
+    /// First and last seq seen.
+    pub first_seq: Option<u64>,
+    /// Last seq of the verified prefix.
+    pub last_seq: Option<u64>,
+    /// Hash of the last verified record: keep it as an anchor.
+    pub last_hash: Option<String>,
+    /// Whether the last record is `audit.stop` (a cleanly closed trail).
+    pub closed: bool,
+    /// The first problem, if any.
+    pub problem: Option<ChainProblem>,
+}
+
+impl VerifyReport {
+    /// Whether the chain verified without problems.
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.problem, self.first_seq, self.last_seq) {
+            (None, Some(first), Some(last)) => {
+                write!(
+                    f,
+                    "OK: {} records, seq {first}..={last}, chain intact",
+                    self.records
+                )?;
+                if !self.closed {
+                    write!(
+                        f,
+                        "; no audit.stop yet (still being written, or stopped uncleanly)"
+                    )?;
+                }
+                if let Some(h) = &self.last_hash {
+                    write!(f, "\nlast hash (keep as an anchor): {last}:{h}")?;
+                }
+                Ok(())
+            }
+            (None, _, _) => write!(f, "OK: the log is empty"),
+            (Some(p), _, last) => {
+                write!(f, "FAILED: {p}")?;
+                if let Some(last) = last {
+                    write!(
+                        f,
+                        "\n{} records up to seq={last} verified before the problem",
+                        self.records
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    /// Parses `SEQ:HASH`, the form `verify` prints.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (seq, hash) = s
+            .split_once(':')
+            .ok_or_else(|| format!("anchor {s:?} is not SEQ:HASH"))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("anchor {s:?}: {seq:?} is not a sequence number"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("anchor {s:?}: the hash must be 64 hex digits"));
+        }
+        Ok(Self {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// Verifies the audit log in `path`; the entry point of the `audit verify`
+/// commands of the sidecar and of `kubectl cardgate`.
+pub fn verify_file(
+    path: &std::path::Path,
+    options: &VerifyOptions,
+) -> std::io::Result<VerifyReport> {
+    let f = std::fs::File::open(path)?;
+    verify(std::io::BufReader::new(f), options)
+}
+
+/// Verifies a log of JSON-lines records and reports the first problem.
+pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<VerifyReport> {
+    let mut raw_lines: Vec<(usize, Vec<u8>, bool)> = Vec::new();
+    let mut reader = reader;
+    let mut n = 0;
+    loop {
+        let mut buf = Vec::new();
+        let read = reader.read_until(b'\n', &mut buf)?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        let complete = buf.last() == Some(&b'\n');
+        if complete {
+            buf.pop();
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) && complete {
+            continue;
+        }
+        raw_lines.push((n, buf, complete));
+    }
+
+    let mut report = VerifyReport {
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+        last_hash: None,
+        closed: false,
+        problem: None,
+    };
+    let total = raw_lines.len();
+    let mut parsed: Vec<(usize, Value)> = Vec::with_capacity(total);
+    for (i, (line, bytes, complete)) in raw_lines.into_iter().enumerate() {
+        let last = i + 1 == total;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.is_object() && complete => parsed.push((line, v)),
+            // A final record whose newline never made it to disk is still a
+            // whole record; its hash decides whether it is intact.
+            Ok(v) if v.is_object() && last => parsed.push((line, v)),
+            Err(e) if last && (!complete || e.is_eof()) => {
+                report.problem = Some(ChainProblem::Truncated {
+                    line,
+                    last_seq: parsed
+                        .last()
+                        .and_then(|(_, v)| v.get("seq"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                });
+                break;
+            }
+            Ok(_) => {
+                report.problem = Some(ChainProblem::Malformed {
+                    line,
+                    reason: "not a JSON object".into(),
+                });
+                return Ok(report);
+            }
+            Err(e) => {
+                report.problem = Some(ChainProblem::Malformed {
+                    line,
+                    reason: e.to_string(),
+                });
+                return Ok(report);
+            }
+        }
+    }
+    let truncated = report.problem.take();
+
+    let seqs: Vec<Option<u64>> = parsed
+        .iter()
+        .map(|(_, v)| v.get("seq").and_then(Value::as_u64))
+        .collect();
+    let mut prev: Option<(u64, String)> = None;
+    for (i, (line, v)) in parsed.iter().enumerate() {
+        let line = *line;
+        let Some(seq) = seqs[i] else {
+            report.problem = Some(ChainProblem::Malformed {
+                line,
+                reason: "missing seq".into(),
+            });
+            return Ok(report);
+        };
+        let stored = v.get("hash").and_then(Value::as_str).unwrap_or_default();
+        let prev_hash = v
+            .get("prevHash")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let expected = match &prev {
+            Some((s, _)) => s + 1,
+            None if options.allow_partial => seq,
+            None => 1,
+        };
+        if seq != expected {
+            let problem = if prev.is_none() {
+                ChainProblem::NoGenesis { seq }
+            } else if seq < expected || seqs[i + 1..].contains(&Some(expected)) {
+                ChainProblem::Reordered {
+                    line,
+                    expected,
+                    found: seq,
+                }
+            } else {
+                ChainProblem::Missing {
+                    line,
+                    expected,
+                    found: seq,
+                }
+            };
+            report.problem = Some(problem);
+            return Ok(report);
+        }
+        if record_hash(v) != stored {
+            report.problem = Some(ChainProblem::Modified { line, seq });
+            return Ok(report);
+        }
+        let links = match &prev {
+            Some((_, h)) => prev_hash == h,
+            None if options.allow_partial => true,
+            None => prev_hash == GENESIS_HASH,
+        };
+        if !links {
+            report.problem = Some(ChainProblem::Forged { line, seq });
+            return Ok(report);
+        }
+        report.records += 1;
+        report.first_seq.get_or_insert(seq);
+        report.last_seq = Some(seq);
+        report.last_hash = Some(stored.to_string());
+        report.closed = v.get("event").and_then(Value::as_str) == Some("audit.stop");
+        for a in options.anchors.iter().filter(|a| a.seq == seq) {
+            if a.hash != stored {
+                report.problem = Some(ChainProblem::AnchorMismatch {
+                    seq,
+                    reason: format!(
+                        "the log's record has hash {stored}, the anchor says {}: the log was rewritten from here or earlier",
+                        a.hash
+                    ),
+                });
+                return Ok(report);
+            }
+        }
+        prev = Some((seq, stored.to_string()));
+    }
+    if let Some(t) = truncated {
+        report.problem = Some(t);
+        return Ok(report);
+    }
+    for a in &options.anchors {
+        if report.last_seq.is_none_or(|last| a.seq > last) {
+            report.problem = Some(ChainProblem::AnchorMismatch {
+                seq: a.seq,
+                reason: format!(
+                    "the log ends at seq={}, before the anchored record: its tail was removed",
+                    report.last_seq.unwrap_or(0)
+                ),
+            });
+            return Ok(report);
+        }
+    }
+    Ok(report)
+}

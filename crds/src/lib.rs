@@ -1,0 +1,26 @@
+//! Contracts that the cardgate operator and sidecar must agree on.
+//!
+//! Two processes built at different times read and write these shapes, so they
+//! live in one crate that both depend on:
+//!
+//! - [`v1alpha1`]: the three custom resources (AccessPolicy, MaskingRule,
+//!   ApprovalRequest) that users `kubectl apply` and the operator reconciles;
+//! - [`config`]: the sidecar configuration file that the operator renders and
+//!   the sidecar loads (also written by hand for standalone mode);
+//! - [`audit`]: the audit record and the hash chain that makes it tamper-evident;
+//! - [`validation`]: one error type that names every problem with its path.
+
+pub mod audit;
+pub mod config;
+pub mod glob;
+pub mod summary;
+pub mod v1alpha1;
+pub mod validation;
+
+/// API group of every cardgate custom resource.
+pub const GROUP: &str = "cardgate.dev";
+/// API version of the custom resources in this crate.
+pub const VERSION: &str = "v1alpha1";
+/// The UID the sidecar runs as; agent containers may never use it because the
+/// pod's iptables rules exempt it from interception.
+pub const SIDECAR_UID: i64 = 2102;

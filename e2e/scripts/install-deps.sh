@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what cardgate's tests, benchmarks and demo need from Debian's
+# packages and PyPI, skipping anything already present. Used by `make deps`
+# (and so by `make test`, `make demo`, `make bench`) and by CI.
+set -euo pipefail
+
+packages=(postgresql postgresql-contrib pgbouncer iptables iproute2 libclang-dev procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo=sudo
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Offline schema checks of the generated manifests.
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "install-deps: installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi

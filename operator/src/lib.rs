@@ -1,0 +1,3 @@
+//! The cardgate operator: turns AccessPolicies into governed agent pods and
+//! records human decisions on ApprovalRequests. Also home of the
+//! `kubectl-cardgate` plugin used by approvers and auditors.

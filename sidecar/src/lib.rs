@@ -1,0 +1,5 @@
+//! The cardgate sidecar: the agent's only path to cardholder-data services.
+//!
+//! It authenticates each agent, holds the real credential, decides every
+//! statement against the AccessPolicy, masks card data in everything it
+//! returns or writes, and keeps a tamper-evident audit trail.
