@@ -8,11 +8,14 @@
 //! - [`config`]: the sidecar configuration file that the operator renders and
 //!   the sidecar loads (also written by hand for standalone mode);
 //! - [`audit`]: the audit record and the hash chain that makes it tamper-evident;
+//! - [`pod`]: names, paths and ports the operator's injection and the
+//!   sidecar must agree on;
 //! - [`validation`]: one error type that names every problem with its path.
 
 pub mod audit;
 pub mod config;
 pub mod glob;
+pub mod pod;
 pub mod summary;
 pub mod v1alpha1;
 pub mod validation;
@@ -21,6 +24,3 @@ pub mod validation;
 pub const GROUP: &str = "cardgate.dev";
 /// API version of the custom resources in this crate.
 pub const VERSION: &str = "v1alpha1";
-/// The UID the sidecar runs as; agent containers may never use it because the
-/// pod's iptables rules exempt it from interception.
-pub const SIDECAR_UID: i64 = 2102;
