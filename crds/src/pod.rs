@@ -30,13 +30,28 @@ pub const CONFIG_KEY: &str = "config.yaml";
 /// Parent of one directory per target holding `username` and `password`
 /// (the credentials Secret mounts).
 pub const CREDENTIALS_DIR: &str = "/var/run/cardgate/credentials";
-/// Projected service-account token for the Kubernetes API (ApprovalRequests).
+/// Projected service-account token for the Kubernetes API (ApprovalRequests
+/// and OIDC discovery); sidecar container only.
 pub const API_TOKEN_FILE: &str = "/var/run/cardgate/tokens/kube/token";
-/// Projected service-account token with audience `cardgate`, presented to
-/// the operator's audit collector.
+/// The cluster CA, projected next to [`API_TOKEN_FILE`].
+pub const API_CA_FILE: &str = "/var/run/cardgate/tokens/kube/ca.crt";
+/// Projected service-account token presented to the operator's audit
+/// collector; sidecar container only.
 pub const COLLECTOR_TOKEN_FILE: &str = "/var/run/cardgate/tokens/collector/token";
-/// Audience of the collector token.
-pub const COLLECTOR_AUDIENCE: &str = "cardgate";
+/// Audience of the collector token: accepted by the collector only.
+pub const COLLECTOR_AUDIENCE: &str = "cardgate-collector";
+/// Projected service-account token the agent presents to the sidecar as its
+/// password. Its audience is accepted by the sidecar only: neither the API
+/// server nor the collector take it.
+pub const AGENT_TOKEN_FILE: &str = "/var/run/cardgate/agent/token";
+/// Audience of the agent token.
+pub const AGENT_TOKEN_AUDIENCE: &str = "cardgate-sidecar";
+/// Environment variable telling agent containers where their token is.
+pub const ENV_AGENT_TOKEN_FILE: &str = "CARDGATE_TOKEN_FILE";
+/// Name of the ConfigMap rendered for a policy: `cardgate-<policy>`.
+pub fn config_map_name(policy: &str) -> String {
+    format!("cardgate-{policy}")
+}
 /// Writable scratch directory (emptyDir) for recordings and spooled audit.
 pub const STATE_DIR: &str = "/var/run/cardgate/state";
 
