@@ -131,7 +131,11 @@ impl Postgres {
         )
         .output()
         .expect("run initdb (is the postgresql package installed?)");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pg = Postgres {
             port: free_port(),
             dir,
@@ -156,7 +160,14 @@ impl Postgres {
                 .arg(self.dir.join("data"))
                 .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
                 .arg(self.dir.join("sock"))
-                .args(["-c", "fsync=off", "-c", "max_connections=400", "-c", "shared_buffers=32MB"])
+                .args([
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=400",
+                    "-c",
+                    "shared_buffers=32MB",
+                ])
                 .args(["-c", "password_encryption=scram-sha-256"])
                 .stdout(Stdio::null())
                 .stderr(log),
@@ -197,7 +208,10 @@ impl Postgres {
             ),
         );
         self.psql_as(DATABASE, PROXY_USER, SCHEMA);
-        self.psql(DATABASE, &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {MD5_USER};"));
+        self.psql(
+            DATABASE,
+            &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {MD5_USER};"),
+        );
     }
 
     /// Runs SQL as the superuser over the Unix socket and returns stdout;
@@ -213,7 +227,16 @@ impl Postgres {
         let mut child = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.dir.join("sock"))
-            .args(["-p", &self.port.to_string(), "-U", user, "-d", db, "-f", "-"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                db,
+                "-f",
+                "-",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -7,8 +7,14 @@ fn shared_server_has_the_payments_schema() {
     let pg = Postgres::shared();
     let n = pg.psql("payments", "SELECT count(*) FROM cards");
     assert_eq!(n.trim(), PANS.len().to_string());
-    let roles = pg.psql("postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'cardgate%' ORDER BY 1");
-    assert_eq!(roles.split_whitespace().collect::<Vec<_>>(), ["cardgate_md5", "cardgate_proxy"]);
+    let roles = pg.psql(
+        "postgres",
+        "SELECT rolname FROM pg_roles WHERE rolname LIKE 'cardgate%' ORDER BY 1",
+    );
+    assert_eq!(
+        roles.split_whitespace().collect::<Vec<_>>(),
+        ["cardgate_md5", "cardgate_proxy"]
+    );
 }
 
 #[test]

@@ -1,0 +1,179 @@
+//! The seam between protocol handling and decisions.
+//!
+//! This module's framing and relay code knows the PostgreSQL protocol and
+//! nothing about policies; everything it must ask — who is this token, may
+//! this statement run, how is this value shown, what goes into the audit
+//! trail — goes through [`Guard`]. The sidecar implements it with its
+//! identity, policy, masking and audit modules (`crate::gate`); tests
+//! implement it with fixed answers to exercise the protocol alone.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How a statement reached the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Simple query ('Q').
+    Simple,
+    /// Extended query (Parse).
+    Extended,
+    /// FunctionCall ('F'), which calls a function by OID around SQL.
+    FunctionCall,
+}
+
+impl Protocol {
+    /// Name used in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Simple => "simple",
+            Self::Extended => "extended",
+            Self::FunctionCall => "functionCall",
+        }
+    }
+}
+
+/// The client connection, as known before authentication.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Client address.
+    pub addr: SocketAddr,
+    /// Target name.
+    pub target: String,
+    /// User name the client gave (not trusted: the token decides).
+    pub user: String,
+    /// Database the client asked for.
+    pub database: String,
+    /// application_name, if given.
+    pub application_name: Option<String>,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// Session identifier shared by all records of this connection.
+    pub session_id: String,
+}
+
+/// The guard's answer for one statement.
+pub enum Verdict<S> {
+    /// Forward it; `S` comes back with the outcome.
+    Allow(S),
+    /// Refuse it with this message (SQLSTATE 42501); already audited.
+    Deny(String),
+}
+
+/// What happened to an allowed statement, reported when its response ends.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Rows returned or affected.
+    pub rows: u64,
+    /// Bytes of row data returned (after masking).
+    pub bytes: u64,
+    /// Values masked in the response.
+    pub masked: u64,
+    /// Wall time from receipt to completion.
+    pub duration: Duration,
+    /// Time spent in the sidecar itself (decision, masking).
+    pub overhead: Duration,
+    /// SQLSTATE of an error, if the statement failed.
+    pub sqlstate: Option<String>,
+    /// Error message (masked), if the statement failed.
+    pub error: Option<String>,
+    /// Whether the statement was never run because an earlier message of the
+    /// same batch failed.
+    pub skipped: bool,
+}
+
+/// Totals for a session, reported when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSummary {
+    /// Statements decided.
+    pub statements: u64,
+    /// Statements denied.
+    pub denied: u64,
+    /// Why the session ended, if not by the client's Terminate.
+    pub error: Option<String>,
+    /// Session length.
+    pub duration: Duration,
+}
+
+/// Result of masking one column value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnOutput {
+    /// Send NULL instead of the value.
+    Null,
+    /// The masked value was appended to the output buffer.
+    Masked,
+}
+
+/// Row and byte limits per statement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowLimits {
+    /// Most rows one statement may return.
+    pub max_rows: Option<u64>,
+    /// Most bytes of row data one statement may return.
+    pub max_bytes: Option<u64>,
+}
+
+/// Everything the data path asks of the rest of the sidecar.
+pub trait Guard: Send + Sync + 'static {
+    /// Per-connection state (identity, prepared statements); owned by the
+    /// task reading the client.
+    type Session: Send + 'static;
+    /// A decided statement, handed back with its outcome.
+    type Statement: Send + Sync + 'static;
+    /// A resolved column masking rule.
+    type ColumnRule: Copy + Send + Sync + 'static;
+
+    /// Validates the token the client sent as its password. `Err` holds the
+    /// reason shown to the client (never the token); the attempt is audited.
+    fn authenticate(
+        &self,
+        token: &str,
+        client: &ClientInfo,
+    ) -> impl Future<Output = Result<Self::Session, String>> + Send;
+
+    /// Records a connection refused before authentication finished
+    /// (malformed startup, refused parameters, upstream unavailable…).
+    fn refused(&self, client: &ClientInfo, reason: &str);
+
+    /// Records that the session is established upstream.
+    fn session_started(&self, session: &Self::Session);
+
+    /// Decides one statement string.
+    fn decide(
+        &self,
+        session: &mut Self::Session,
+        sql: &str,
+        protocol: Protocol,
+    ) -> Verdict<Self::Statement>;
+
+    /// Records the outcome of an allowed statement.
+    fn completed(&self, statement: &Self::Statement, outcome: &Outcome);
+
+    /// Records the end of the session.
+    fn session_ended(&self, session: Self::Session, summary: &SessionSummary);
+
+    /// Masks free text (result values, error fields, notifications). `None`
+    /// means nothing was found and nothing was written.
+    fn mask_text(&self, input: &[u8], out: &mut Vec<u8>) -> Option<usize>;
+
+    /// Whether any column rule exists (skips catalog lookups otherwise).
+    fn has_column_rules(&self) -> bool;
+
+    /// The column rule for `schema.table.column`, if any.
+    fn column_rule(&self, schema: &str, table: &str, column: &str) -> Option<Self::ColumnRule>;
+
+    /// Applies a column rule to one value.
+    fn mask_column(
+        &self,
+        rule: Self::ColumnRule,
+        value: &[u8],
+        text_like: bool,
+        out: &mut Vec<u8>,
+    ) -> ColumnOutput;
+
+    /// Row and byte limits per statement.
+    fn limits(&self) -> RowLimits;
+
+    /// Name of the policy for messages (`payments/support-agent`).
+    fn policy_name(&self) -> &str;
+}

@@ -1,0 +1,24 @@
+//! The PostgreSQL data path: protocol framing, the client and server
+//! handshakes, and the relay that puts every statement and every result row
+//! through the [`guard::Guard`].
+//!
+//! Layering: [`codec`] and [`messages`] are sans-IO framing and parsing;
+//! [`stream`] buffers whole messages off sockets; [`startup`] and
+//! [`upstream`] run the two handshakes; [`relay`] pairs requests and
+//! responses; [`server`] ties a listener to them. Decisions live behind
+//! [`guard::Guard`].
+
+pub mod cancel;
+pub mod catalog;
+pub mod codec;
+pub mod guard;
+pub mod messages;
+pub mod relay;
+pub mod server;
+pub mod startup;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+
+/// PostgreSQL's own cap on a startup packet.
+pub const MAX_STARTUP_PACKET: usize = cardgate_crds::config::MAX_STARTUP_PACKET as usize;
