@@ -78,23 +78,30 @@ pub fn mask_digits(value: &[u8], lead: u8, trail: u8, out: &mut Vec<u8>) {
         .filter(|&&b| b.is_ascii_digit() || b == MASK_CHAR)
         .count();
     let (lead, trail) = visible_digits(n, lead, trail);
+    // Written in place: the output is never longer than the value.
+    let base = out.len();
+    out.resize(base + value.len(), 0);
+    let mut w = base;
     let mut i = 0;
     for &b in value {
-        match b {
+        let c = match b {
             b'0'..=b'9' | MASK_CHAR => {
-                out.push(if i < lead || i >= n - trail {
+                i += 1;
+                if i <= lead || i > n - trail {
                     b
                 } else {
                     MASK_CHAR
-                });
-                i += 1;
+                }
             }
-            b' ' | b'-' => out.push(b),
+            b' ' | b'-' => b,
             // UTF-8 continuation bytes belong to the character already masked.
-            0x80..=0xBF => {}
-            _ => out.push(MASK_CHAR),
-        }
+            0x80..=0xBF => continue,
+            _ => MASK_CHAR,
+        };
+        out[w] = c;
+        w += 1;
     }
+    out.truncate(w);
 }
 
 /// The keyed token of `value`: `tok_` and 32 letters from 128 bits of

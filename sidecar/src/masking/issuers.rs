@@ -126,22 +126,34 @@ pub fn issuer(digits: &[u8]) -> Option<&'static str> {
     }
     let mut p6 = 0u32;
     for &d in &digits[..6] {
-        p6 = p6 * 10 + u32::from(d - b'0');
+        p6 = p6 * 10 + u32::from(d.wrapping_sub(b'0'));
     }
     ISSUERS
         .iter()
-        .find(|r| {
-            let prefix = p6 / 10u32.pow(6 - u32::from(r.prefix_len));
-            r.lo <= prefix && prefix <= r.hi && r.lengths.contains(n)
-        })
-        .map(|r| r.brand)
+        .zip(SCALED.iter())
+        .find(|(r, (lo, hi))| *lo <= p6 && p6 <= *hi && r.lengths.contains(n))
+        .map(|(r, _)| r.brand)
 }
+
+/// Each range of [`ISSUERS`] widened to six-digit prefixes, so a lookup
+/// compares one number per range.
+const SCALED: [(u32, u32); ISSUERS.len()] = {
+    let mut out = [(0, 0); ISSUERS.len()];
+    let mut i = 0;
+    while i < ISSUERS.len() {
+        let r = &ISSUERS[i];
+        let scale = 10u32.pow(6 - r.prefix_len as u32);
+        out[i] = (r.lo * scale, (r.hi + 1) * scale - 1);
+        i += 1;
+    }
+    out
+};
 
 /// The Luhn (mod 10) check every issued card number passes.
 pub fn luhn_valid(digits: &[u8]) -> bool {
     let mut sum = 0u32;
     for (i, &d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(d - b'0');
+        let mut v = u32::from(d.wrapping_sub(b'0'));
         if i % 2 == 1 {
             v *= 2;
             if v > 9 {

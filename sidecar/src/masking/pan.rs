@@ -22,13 +22,14 @@ pub struct PanMatch {
 /// Tries the maximal digit run `input[start..end]` as the start of a card
 /// number (contiguous, or the first group of a grouped one).
 pub fn pan_at(input: &[u8], start: usize, end: usize) -> Option<PanMatch> {
-    if let Some(m) = escape_overlap(input, start, end).and_then(|a| candidate(input, a, end)) {
+    // The whole run first: if escape digits and a card number happen to
+    // form a longer card number, masking the longer one shows less.
+    if left_boundary_ok(input, start)
+        && let Some(m) = candidate(input, start, end)
+    {
         return Some(m);
     }
-    if !left_boundary_ok(input, start) {
-        return None;
-    }
-    candidate(input, start, end)
+    escape_overlap(input, start, end).and_then(|a| candidate(input, a, end))
 }
 
 fn candidate(input: &[u8], start: usize, end: usize) -> Option<PanMatch> {

@@ -72,9 +72,19 @@ impl<'a> Scanner<'a> {
 
     /// Looks at the digit run `start..end` (maximal unless a previous find
     /// ended inside it).
+    #[inline]
     fn at_run(&mut self, start: usize, end: usize) -> Option<Find> {
         let input = self.input;
-        if let Some(f) = self.emv(start, end) {
+        let hex_glued = start
+            .checked_sub(1)
+            .is_some_and(|i| input[i].is_ascii_hexdigit())
+            || input.get(end).is_some_and(u8::is_ascii_hexdigit);
+        if end - start < 3 && !hex_glued {
+            // Too short for anything: the common case of dates, times and
+            // small numbers.
+            return None;
+        }
+        if hex_glued && let Some(f) = self.emv(start, end) {
             return Some(f);
         }
         let sad = sad::track_at(input, start, end).or_else(|| {
@@ -98,19 +108,13 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// EMV tags in the hex token around a digit run glued to hex letters.
+    /// EMV tags in the hex token around a digit run glued to hex letters
+    /// (the caller checks that it is).
     /// A tag found further on in the token waits until the scan reaches it,
     /// so the runs before it still get every other check.
     fn emv(&mut self, start: usize, end: usize) -> Option<Find> {
         let input = self.input;
         if start >= self.hex.1 {
-            let glued = |i: Option<usize>| {
-                i.and_then(|i| input.get(i))
-                    .is_some_and(u8::is_ascii_hexdigit)
-            };
-            if !glued(start.checked_sub(1)) && !glued(Some(end)) {
-                return None;
-            }
             let ts = start
                 - input[..start]
                     .iter()
