@@ -121,9 +121,11 @@ fn masker_with(action: serde_json::Value) -> Masker {
     Masker::from_config(&cfg, Some(&[42u8; 32])).unwrap()
 }
 
-/// Every way card numbers can be shown, with the digits each may reveal of
-/// a PAN.
-fn maskers() -> Vec<(&'static str, Masker, fn(&str) -> String)> {
+/// The digits of a PAN a way of showing it may reveal.
+type Reveals = fn(&str) -> String;
+
+/// Every way card numbers can be shown, with the digits each may reveal.
+fn maskers() -> Vec<(&'static str, Masker, Reveals)> {
     fn bin6(p: &str) -> String {
         format!("{}{}", &p[..6], &p[p.len() - 4..])
     }
