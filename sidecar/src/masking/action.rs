@@ -78,30 +78,44 @@ pub fn mask_digits(value: &[u8], lead: u8, trail: u8, out: &mut Vec<u8>) {
         .filter(|&&b| b.is_ascii_digit() || b == MASK_CHAR)
         .count();
     let (lead, trail) = visible_digits(n, lead, trail);
-    // Written in place: the output is never longer than the value.
+    let hidden = lead..n - trail;
+    // Card numbers (digits, spaces, dashes) are copied and masked in place.
     let base = out.len();
-    out.resize(base + value.len(), 0);
-    let mut w = base;
+    out.extend_from_slice(value);
+    let mut i = 0;
+    for b in &mut out[base..] {
+        match *b {
+            b'0'..=b'9' | MASK_CHAR => {
+                if hidden.contains(&i) {
+                    *b = MASK_CHAR;
+                }
+                i += 1;
+            }
+            b' ' | b'-' => {}
+            _ => {
+                out.truncate(base);
+                mask_text(value, hidden, out);
+                return;
+            }
+        }
+    }
+}
+
+/// [`mask_digits`] for values with other characters: each becomes one `*`.
+fn mask_text(value: &[u8], hidden: std::ops::Range<usize>, out: &mut Vec<u8>) {
     let mut i = 0;
     for &b in value {
-        let c = match b {
+        match b {
             b'0'..=b'9' | MASK_CHAR => {
+                out.push(if hidden.contains(&i) { MASK_CHAR } else { b });
                 i += 1;
-                if i <= lead || i > n - trail {
-                    b
-                } else {
-                    MASK_CHAR
-                }
             }
-            b' ' | b'-' => b,
+            b' ' | b'-' => out.push(b),
             // UTF-8 continuation bytes belong to the character already masked.
-            0x80..=0xBF => continue,
-            _ => MASK_CHAR,
-        };
-        out[w] = c;
-        w += 1;
+            0x80..=0xBF => {}
+            _ => out.push(MASK_CHAR),
+        }
     }
-    out.truncate(w);
 }
 
 /// The keyed token of `value`: `tok_` and 32 letters from 128 bits of

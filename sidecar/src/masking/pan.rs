@@ -24,10 +24,17 @@ pub struct PanMatch {
 pub fn pan_at(input: &[u8], start: usize, end: usize) -> Option<PanMatch> {
     // The whole run first: if escape digits and a card number happen to
     // form a longer card number, masking the longer one shows less.
-    if left_boundary_ok(input, start)
+    let len = end - start;
+    if (len == 4 || (13..=19).contains(&len))
+        && left_boundary_ok(input, start)
         && let Some(m) = candidate(input, start, end)
     {
         return Some(m);
+    }
+    // An escape takes one to four digits: only longer runs can hide a
+    // card number behind one.
+    if len < 5 {
+        return None;
     }
     escape_overlap(input, start, end).and_then(|a| candidate(input, a, end))
 }

@@ -262,6 +262,12 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
 /// (`"cvv": "123"`, `\"cvc\":\"123\"`, `cvv=123`, `<cvv2>123</cvv2>`,
 /// `pin_block=0412…`).
 pub fn field_value_at(input: &[u8], start: usize, end: usize) -> Option<(usize, usize, SadKind)> {
+    // Cheap rejection first: most digit runs follow a character that can
+    // neither end a field name nor belong to a hex value.
+    let first = *input.get(start.checked_sub(1)?)?;
+    if !is_field_separator(first) && !first.is_ascii_hexdigit() {
+        return None;
+    }
     let vs = start
         - input[..start]
             .iter()
@@ -275,11 +281,7 @@ pub fn field_value_at(input: &[u8], start: usize, end: usize) -> Option<(usize, 
             .take(33)
             .take_while(|b| b.is_ascii_hexdigit())
             .count();
-    let before = *input.get(vs.checked_sub(1)?)?;
-    if !matches!(
-        before,
-        b'"' | b'\'' | b'\\' | b':' | b'=' | b'>' | b' ' | b'\t'
-    ) {
+    if !is_field_separator(*input.get(vs.checked_sub(1)?)?) {
         return None;
     }
     if input.get(ve).is_some_and(|&c| !is_value_end(c)) {
@@ -304,6 +306,13 @@ pub fn field_value_at(input: &[u8], start: usize, end: usize) -> Option<(usize, 
         _ => len == 16 || len == 32,
     };
     ok.then_some((vs, ve, kind))
+}
+
+/// Characters that can come between a field name and its value (quotes,
+/// `:`, `=`, `>`, blanks).
+#[inline]
+pub fn is_field_separator(b: u8) -> bool {
+    matches!(b, b'"' | b'\'' | b'\\' | b':' | b'=' | b'>' | b' ' | b'\t')
 }
 
 /// Characters that end a field value (quotes, separators, markup, space).

@@ -25,25 +25,89 @@ pub struct Find {
     pub found: Found,
 }
 
-/// Offset of the first ASCII digit in `h`. Checks 32 bytes per step without
-/// branching inside the block, which the compiler turns into vector compares.
+/// Bytes looked at per step when skipping text without digits.
+const BLOCK: usize = 32;
+const LANES_LO: u64 = 0x0101_0101_0101_0101;
+const LANES_HI: u64 = 0x8080_8080_8080_8080;
+
+/// Whether `block` holds an ASCII digit. Branch-free over the block, so the
+/// compiler turns it into vector compares: this is the loop that skips text
+/// without digits.
+#[inline]
+fn block_has_digit(block: &[u8]) -> bool {
+    block
+        .iter()
+        .fold(0u8, |acc, &b| acc | u8::from(b.wrapping_sub(b'0') < 10))
+        != 0
+}
+
+/// The high bit of each byte of `w` (little-endian) that is an ASCII digit:
+/// eight bytes at a time without carries between them ("has byte between"
+/// from Bit Twiddling Hacks, for '0' - 1 < byte < '9' + 1).
+#[inline]
+fn digit_lanes(w: u64) -> u64 {
+    let low7 = w & (LANES_LO * 127);
+    (LANES_LO * (127 + 0x3A)).wrapping_sub(low7)
+        & !w
+        & low7.wrapping_add(LANES_LO * (127 - 0x2F))
+        & LANES_HI
+}
+
+#[inline]
+fn word(chunk: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(chunk);
+    u64::from_le_bytes(bytes)
+}
+
+/// Offset of the first ASCII digit in `h`: eight bytes per step near the
+/// start (dense text), then 32-byte blocks (text with few digits).
 #[inline]
 pub fn find_digit(h: &[u8]) -> Option<usize> {
-    const BLOCK: usize = 32;
     let mut offset = 0;
-    for block in h.chunks_exact(BLOCK) {
-        let any = block
-            .iter()
-            .fold(0u8, |acc, &b| acc | u8::from(b.wrapping_sub(b'0') < 10));
-        if any != 0 {
-            break;
+    let words = h.chunks_exact(8);
+    for chunk in words.take(BLOCK / 8) {
+        let lanes = digit_lanes(word(chunk));
+        if lanes != 0 {
+            return Some(offset + (lanes.trailing_zeros() / 8) as usize);
         }
-        offset += BLOCK;
+        offset += 8;
+    }
+    if offset == BLOCK {
+        for block in h[offset..].chunks_exact(BLOCK) {
+            if block_has_digit(block) {
+                for (k, chunk) in block.chunks_exact(8).enumerate() {
+                    let lanes = digit_lanes(word(chunk));
+                    if lanes != 0 {
+                        return Some(offset + k * 8 + (lanes.trailing_zeros() / 8) as usize);
+                    }
+                }
+            }
+            offset += BLOCK;
+        }
     }
     h[offset..]
         .iter()
         .position(u8::is_ascii_digit)
         .map(|p| offset + p)
+}
+
+/// Number of ASCII digits at the start of `h`, eight bytes per step.
+#[inline]
+pub fn digit_run(h: &[u8]) -> usize {
+    let mut offset = 0;
+    for chunk in h.chunks_exact(8) {
+        let others = !digit_lanes(word(chunk)) & LANES_HI;
+        if others != 0 {
+            return offset + (others.trailing_zeros() / 8) as usize;
+        }
+        offset += 8;
+    }
+    offset
+        + h[offset..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
 }
 
 /// Iterator over the built-in finds of one input.
@@ -75,11 +139,11 @@ impl<'a> Scanner<'a> {
     #[inline]
     fn at_run(&mut self, start: usize, end: usize) -> Option<Find> {
         let input = self.input;
-        let hex_glued = start
-            .checked_sub(1)
-            .is_some_and(|i| input[i].is_ascii_hexdigit())
-            || input.get(end).is_some_and(u8::is_ascii_hexdigit);
-        if end - start < 3 && !hex_glued {
+        let len = end - start;
+        let prev = start.checked_sub(1).map_or(b' ', |i| input[i]);
+        let next = input.get(end).copied().unwrap_or(b' ');
+        let hex_glued = prev.is_ascii_hexdigit() || next.is_ascii_hexdigit();
+        if len < 3 && !hex_glued {
             // Too short for anything: the common case of dates, times and
             // small numbers.
             return None;
@@ -87,19 +151,27 @@ impl<'a> Scanner<'a> {
         if hex_glued && let Some(f) = self.emv(start, end) {
             return Some(f);
         }
-        let sad = sad::track_at(input, start, end).or_else(|| {
-            if end - start <= 32 {
-                sad::field_value_at(input, start, end)
-            } else {
-                None
-            }
-        });
-        if let Some((s, e, kind)) = sad {
+        // Each detector is only asked when the characters around the run
+        // allow it to match, so ordinary numbers cost a few compares.
+        let track = matches!(next, b'^' | b'=' | b'D' | b'd')
+            .then(|| sad::track_at(input, start, end))
+            .flatten();
+        let field = || {
+            (len <= 32 && (prev.is_ascii_hexdigit() || sad::is_field_separator(prev)))
+                .then(|| sad::field_value_at(input, start, end))
+                .flatten()
+        };
+        if let Some((s, e, kind)) = track.or_else(field) {
             return Some(Find {
                 start: s,
                 end: e,
                 found: Found::Sad(kind),
             });
+        }
+        let pan_shaped = len == 4 || (13..=19).contains(&len);
+        let escaped = matches!(prev, b'%' | b'u') || prev.is_ascii_hexdigit();
+        if !pan_shaped && !escaped {
+            return None;
         }
         pan_at(input, start, end).map(|m| Find {
             start: m.start,
@@ -112,6 +184,7 @@ impl<'a> Scanner<'a> {
     /// (the caller checks that it is).
     /// A tag found further on in the token waits until the scan reaches it,
     /// so the runs before it still get every other check.
+    #[inline(never)]
     fn emv(&mut self, start: usize, end: usize) -> Option<Find> {
         let input = self.input;
         if start >= self.hex.1 {
@@ -161,11 +234,7 @@ impl Iterator for Scanner<'_> {
     fn next(&mut self) -> Option<Find> {
         loop {
             let start = self.pos + find_digit(&self.input[self.pos..])?;
-            let end = start
-                + self.input[start..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_digit())
-                    .count();
+            let end = start + digit_run(&self.input[start..]);
             if let Some(f) = self.at_run(start, end) {
                 self.pos = f.end.max(start + 1);
                 return Some(f);
@@ -187,6 +256,29 @@ mod tests {
             text[at] = b'7';
             assert_eq!(find_digit(&text), Some(at), "{at}");
             text[at] = b'a';
+        }
+    }
+
+    #[test]
+    fn digit_lanes_are_exact() {
+        for b in 0..=255u8 {
+            let lanes = digit_lanes(u64::from_le_bytes([b'x', b, b'x', b'x', 0xff, b, 0x00, b]));
+            let want = if b.is_ascii_digit() {
+                0x8000_8000_0000_8000
+            } else {
+                0
+            };
+            assert_eq!(lanes, want, "{b:#x}");
+        }
+    }
+
+    #[test]
+    fn digit_runs_across_blocks() {
+        for len in [0, 1, 31, 32, 33, 64, 70] {
+            let mut text = vec![b'5'; len];
+            assert_eq!(digit_run(&text), len);
+            text.extend_from_slice(b"x123");
+            assert_eq!(digit_run(&text), len, "{len}");
         }
     }
 }
