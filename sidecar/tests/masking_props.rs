@@ -159,6 +159,20 @@ fn maskers() -> Vec<(&'static str, Masker, Reveals)> {
     ]
 }
 
+/// Bytes that matter to the detectors, for dense adversarial input.
+const TRICKY: &[u8] = b"0123456789000041111 -_.,;:=^?%\\uUxXbBdDeEfF\"'{}[]<>+*\n\t";
+
+fn json_masker() -> Masker {
+    let cfg: MaskingConfig = serde_json::from_value(json!({
+        "rules": [{"name": "json", "spec": {
+            "detectors": [{"type": "column", "jsonPaths": ["$..a", "$[*].b"]}, {"type": "regex", "pattern": "[0-9]{3}-x"}],
+            "action": {"type": "redact"}
+        }}]
+    }))
+    .unwrap();
+    Masker::from_config(&cfg, None).unwrap()
+}
+
 fn mask(m: &Masker, s: &str) -> String {
     m.mask_str(s).into_owned()
 }
@@ -210,6 +224,34 @@ proptest! {
                 let once = mask(&m, t);
                 prop_assert_eq!(mask(&m, &once), once.clone(), "{} on {:?}", name, t);
             }
+        }
+    }
+
+    #[test]
+    fn dense_tricky_input_never_panics_and_masks_idempotently(
+        bytes in proptest::collection::vec(proptest::sample::select(TRICKY), 0..400),
+        seeds in proptest::collection::vec(pan(), 0..3),
+    ) {
+        // Card numbers and track fragments mixed with escapes, separators,
+        // hex letters and JSON punctuation.
+        let mut input = bytes;
+        for (i, p) in seeds.iter().enumerate() {
+            let at = (i * 37) % (input.len() + 1);
+            input.splice(at..at, p.bytes());
+        }
+        let mut all = maskers();
+        all.push(("json", json_masker(), |_: &str| String::new()));
+        for (name, m, _) in &all {
+            let mut once = Vec::new();
+            if m.mask_to(&input, &mut once).is_none() {
+                once = input.clone();
+            }
+            let mut twice = Vec::new();
+            if m.mask_to(&once, &mut twice).is_none() {
+                twice = once.clone();
+            }
+            prop_assert_eq!(&twice, &once, "{} on {:?}", name, String::from_utf8_lossy(&input));
+            let _ = m.explain(&input);
         }
     }
 

@@ -270,10 +270,16 @@ fn regex_detectors_mask_their_matches() {
         ),
     ]));
     assert_eq!(m.mask_str("from ACCT-12345678 ok"), "from ****-****5678 ok");
-    // A match that contains a card number masks it with the match.
-    assert_eq!(m.mask_str("card: 4111111111111111."), "[REDACTED].");
-    // A match inside a card number yields to the card-number detector.
+    // Card numbers inside a match keep the deployment's card-number format;
+    // the match masks the rest.
+    assert_eq!(
+        m.mask_str("card: 4111111111111111."),
+        "[REDACTED]411111******1111."
+    );
+    // A match never cuts a number: this one covers the whole card number,
+    // which the card-number detector masks.
     assert_eq!(m.mask_str("x 4111111111111111 y"), "x 411111******1111 y");
+    assert_eq!(m.mask_str("x 41112222 y"), "x [REDACTED] y");
     assert_eq!(m.mask_str("code 4111 here"), "code [REDACTED] here");
     let found = m.explain(b"from ACCT-12345678 ok");
     assert_eq!(found.len(), 1);

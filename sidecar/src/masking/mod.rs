@@ -164,7 +164,8 @@ struct Item {
     start: usize,
     end: usize,
     what: What,
-    /// It swallowed sensitive authentication data: written as a redaction.
+    /// A JSON value that swallowed sensitive authentication data: written
+    /// as a redaction.
     sad_inside: bool,
 }
 
@@ -426,10 +427,11 @@ impl Masker {
     }
 
     /// Every detection of every detector, overlaps resolved: SAD first, then
-    /// JSON paths, card numbers, regexes in rule order. A later detection
-    /// that overlaps earlier ones is dropped, unless it contains them all:
-    /// then it replaces them (a whole value or match is masked as one) and
-    /// is written as a redaction if it swallowed SAD.
+    /// JSON paths, card numbers, regexes in rule order. A JSON value that
+    /// contains earlier finds replaces them (the whole value is masked as
+    /// one, as a redaction if it swallowed SAD). A regex match masks only the
+    /// parts that no earlier find covers, so card numbers keep the one
+    /// format of the deployment.
     fn items(&self, input: &[u8]) -> Vec<Item> {
         let (sad, pans): (Vec<Item>, Vec<Item>) = Scanner::new(input)
             .map(builtin_item)
@@ -456,17 +458,47 @@ impl Masker {
                 .take_while(|(_, a)| a.end > it.start)
                 .map(|(&k, _)| k)
                 .collect();
+            if overlapping.is_empty() {
+                accepted.insert(it.start, it);
+                return;
+            }
+            if matches!(it.what, What::Regex(_)) {
+                // A regex match masks what nobody else covers; card numbers
+                // and SAD inside it keep their own (deployment-wide) format.
+                let mut covered: Vec<(usize, usize)> = overlapping
+                    .iter()
+                    .map(|k| (accepted[k].start, accepted[k].end))
+                    .collect();
+                covered.sort_unstable();
+                covered.push((it.end, it.end));
+                let mut from = it.start;
+                for (s, e) in covered {
+                    if s > from {
+                        accepted.insert(
+                            from,
+                            Item {
+                                start: from,
+                                end: s,
+                                ..it
+                            },
+                        );
+                    }
+                    from = from.max(e);
+                }
+                return;
+            }
             if overlapping
                 .iter()
                 .any(|k| accepted[k].start < it.start || accepted[k].end > it.end)
             {
+                // A JSON value (a whole string or number) that other finds
+                // straddle is left to them.
                 return;
             }
             let mut it = it;
             for k in overlapping {
                 if let Some(old) = accepted.remove(&k) {
-                    it.sad_inside |=
-                        old.sad_inside || matches!(old.what, What::Builtin(Found::Sad(_)));
+                    it.sad_inside |= matches!(old.what, What::Builtin(Found::Sad(_)));
                 }
             }
             accepted.insert(it.start, it);
@@ -475,9 +507,10 @@ impl Masker {
         pans.into_iter().for_each(&mut add);
         for (re, target) in &self.regexes {
             for m in re.find_iter(input).filter(|m| !m.is_empty()) {
+                let (start, end) = whole_digit_runs(input, m.start(), m.end());
                 add(Item {
-                    start: m.start(),
-                    end: m.end(),
+                    start,
+                    end,
                     what: What::Regex(*target),
                     sad_inside: false,
                 });
@@ -491,7 +524,6 @@ impl Masker {
         match it.what {
             What::Builtin(found) => self.write_builtin(value, found, out),
             What::Regex(target) => match &self.targets[target as usize].action {
-                _ if it.sad_inside => out.extend_from_slice(self.sad.as_bytes()),
                 RuleAction::Text(action) => self.write_whole(action, value, out),
                 // Regex rules with a null action are refused by from_config.
                 RuleAction::Null => out.extend_from_slice(self.sad.as_bytes()),
@@ -562,6 +594,24 @@ impl Masker {
             rule,
         }
     }
+}
+
+/// Widens `start..end` so it does not cut a run of digits: a match that
+/// ended inside a number would leave the rest of it behind as a new,
+/// shorter number (possibly a valid card number).
+fn whole_digit_runs(input: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
+    let digit = |i: usize| input.get(i).is_some_and(u8::is_ascii_digit);
+    if start > 0 && digit(start - 1) && digit(start) {
+        while start > 0 && digit(start - 1) {
+            start -= 1;
+        }
+    }
+    if end > 0 && digit(end - 1) && digit(end) {
+        while digit(end) {
+            end += 1;
+        }
+    }
+    (start, end)
 }
 
 fn builtin_item(f: Find) -> Item {
