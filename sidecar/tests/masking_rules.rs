@@ -403,3 +403,31 @@ fn mask_to_appends_to_the_callers_buffer_and_counts_values() {
     assert_eq!(m.mask_to(b"nothing to see, order 42", &mut out), None);
     assert_eq!(out, before);
 }
+
+#[test]
+fn one_masker_serves_many_sessions_at_once() {
+    let m = std::sync::Arc::new(masker(json!([rule(
+        "cards",
+        json!([{"type": "pan"}, {"type": "column", "columns": ["*.pan"]}]),
+        hmac()
+    )])));
+    let want = m.mask_str("4111111111111111").into_owned();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let m = std::sync::Arc::clone(&m);
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                (0..200)
+                    .map(|_| {
+                        out.clear();
+                        m.mask_to(b"4111111111111111", &mut out);
+                        String::from_utf8(out.clone()).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap().iter().all(|s| *s == want));
+    }
+}
