@@ -431,3 +431,22 @@ fn one_masker_serves_many_sessions_at_once() {
         assert!(t.join().unwrap().iter().all(|s| *s == want));
     }
 }
+
+#[test]
+fn regex_matches_that_end_inside_a_number_mask_all_of_it() {
+    let m = masker(json!([rule(
+        "codes",
+        json!([{"type": "regex", "pattern": "[0-9]{3}-x"}]),
+        json!({"type": "redact"})
+    )]));
+    // Masking only `000-x` would leave 6304090210766, a valid 13-digit
+    // Maestro number, behind; the second pass would then mask it.
+    for (input, want) in [
+        ("6304090210766000-x", "[REDACTED]"),
+        ("357100000000000300-x", "357100********0300[REDACTED]"),
+    ] {
+        let once = m.mask_str(input).into_owned();
+        assert_eq!(once, want);
+        assert_eq!(m.mask_str(&once), once, "masking twice changes nothing");
+    }
+}
