@@ -5,3 +5,4 @@
 //! returns or writes, and keeps a tamper-evident audit trail.
 
 pub mod postgres;
+pub mod masking;

@@ -27,6 +27,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Mask stdin line by line with the built-in or configured rules (a dry
+    /// run of MaskingRules); `--explain` lists each detection instead.
+    Mask(cardgate_sidecar::masking::cli::MaskArgs),
 }
 
 #[derive(Subcommand)]
@@ -106,6 +109,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Mask(args) => {
+            cardgate_sidecar::masking::cli::run(
+                &args,
+                std::io::stdin().lock(),
+                std::io::stdout().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
