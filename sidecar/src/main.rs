@@ -27,6 +27,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Dry-run statements against a configuration: print, one JSON object per
+    /// statement string, its class, relations and the decision.
+    Check(cardgate_sidecar::policy::check::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Check(args) => Ok(cardgate_sidecar::policy::check::run(&args)),
         Command::Config {
             command: ConfigCommand::Check { config, quiet },
         } => match SidecarConfig::load(&config) {
