@@ -51,6 +51,9 @@ pub enum SessionEffect {
     Execute {
         /// The statement name.
         name: String,
+        /// `EXPLAIN EXECUTE` without ANALYZE: the body is only planned, so
+        /// its relations count as reads and its writes do not happen.
+        plan_only: bool,
     },
     /// `DEALLOCATE name`, or `DEALLOCATE ALL` (`None`).
     Deallocate {
@@ -152,7 +155,7 @@ impl Classification {
             class = class.max(p.class);
             rels.add_all(&p.rels, DEFAULT_SCHEMA);
             add_notes(&mut notes, &p.notes);
-            if let Some(SessionEffect::Execute { name }) = &p.effect {
+            if let Some(SessionEffect::Execute { name, .. }) = &p.effect {
                 class = StatementClass::Unparseable;
                 error = Some(format!(
                     "EXECUTE {name:?} runs a prepared statement only the session knows"
@@ -191,15 +194,26 @@ pub(crate) struct Relations {
 impl Relations {
     pub(crate) fn add_all(&mut self, rels: &[Rel], schema: &str) {
         for r in rels {
-            let name = names::qualify(r.schema.as_deref(), &r.name, schema);
-            let list = if r.write {
-                &mut self.writes
-            } else {
-                &mut self.reads
-            };
-            if !list.contains(&name) {
-                list.push(name);
-            }
+            self.add(r, r.write, schema);
+        }
+    }
+
+    /// Adds every relation as read (a statement that is only planned).
+    pub(crate) fn add_reads(&mut self, rels: &[Rel], schema: &str) {
+        for r in rels {
+            self.add(r, false, schema);
+        }
+    }
+
+    fn add(&mut self, r: &Rel, write: bool, schema: &str) {
+        let name = names::qualify(r.schema.as_deref(), &r.name, schema);
+        let list = if write {
+            &mut self.writes
+        } else {
+            &mut self.reads
+        };
+        if !list.contains(&name) {
+            list.push(name);
         }
     }
 
@@ -224,6 +238,14 @@ pub fn classify(sql: &str) -> Classification {
         ),
         Err(pg_query::Error::Parse(message)) => {
             Classification::unparseable(hide_digit_runs(&message))
+        }
+        // The tree decoder stops at 100 levels of nesting, which also bounds
+        // the stack the walk needs.
+        Err(pg_query::Error::Decode(_)) => {
+            Classification::unparseable("statement is nested too deeply to classify".into())
+        }
+        Err(pg_query::Error::Conversion(_)) => {
+            Classification::unparseable("statement contains a NUL byte".into())
         }
         Err(e) => Classification::unparseable(hide_digit_runs(&e.to_string())),
     }
@@ -292,10 +314,10 @@ fn statement(node: Option<&NodeEnum>) -> Part {
                 _ => false,
             });
             let walk = Walk::run(node, !analyze, true);
-            let effect = walk
-                .executes
-                .first()
-                .map(|name| SessionEffect::Execute { name: name.clone() });
+            let effect = walk.executes.first().map(|name| SessionEffect::Execute {
+                name: name.clone(),
+                plan_only: !analyze,
+            });
             from_walk(walk, StatementClass::Read, Utility::Read, effect)
         }
         NodeEnum::VariableSetStmt(s) => set(s),
@@ -334,28 +356,30 @@ fn statement(node: Option<&NodeEnum>) -> Part {
         }
         NodeEnum::CopyStmt(c) => {
             let walk = Walk::run(node, false, false);
-            let (base, utility, note) = if c.is_program {
+            let utility = if c.is_from {
+                Utility::Write
+            } else {
+                Utility::Read
+            };
+            let (base, note) = if c.is_program {
                 (
                     StatementClass::Dangerous,
-                    Utility::Write,
                     Some("COPY … PROGRAM runs a program on the database server"),
                 )
             } else if !c.filename.is_empty() {
                 (
                     StatementClass::Dangerous,
-                    Utility::Write,
                     Some("COPY with a file name reads or writes files on the database server"),
                 )
             } else if c.is_from {
-                (StatementClass::Write, Utility::Write, None)
+                (StatementClass::Write, None)
             } else if c.relation.is_some() {
                 (
                     StatementClass::Dangerous,
-                    Utility::Read,
                     Some("COPY of a whole table to the client is a bulk export"),
                 )
             } else {
-                (StatementClass::Read, Utility::Read, None)
+                (StatementClass::Read, None)
             };
             let mut part = from_walk(walk, base, utility, None);
             if let Some(n) = note {
@@ -364,12 +388,29 @@ fn statement(node: Option<&NodeEnum>) -> Part {
             part
         }
         NodeEnum::DropStmt(d) => drop(d),
+        NodeEnum::CreateSchemaStmt(cs) => {
+            let walk = Walk::run(node, false, true);
+            let mut part = from_walk(walk, StatementClass::Control, Utility::Write, None);
+            // Its elements are created in (and resolve names against) the
+            // new schema, named after the owner when not given.
+            let schema = match (&cs.schemaname, &cs.authrole) {
+                (name, _) if !name.is_empty() => Some(name.as_str()),
+                (_, Some(role)) if !role.rolename.is_empty() => Some(role.rolename.as_str()),
+                _ => None,
+            };
+            if let Some(schema) = schema {
+                for r in part.rels.iter_mut().filter(|r| r.schema.is_none()) {
+                    r.schema = Some(schema.into());
+                }
+            }
+            part
+        }
         _ => {
             let walk = Walk::run(node, false, true);
-            let effect = walk
-                .executes
-                .first()
-                .map(|name| SessionEffect::Execute { name: name.clone() });
+            let effect = walk.executes.first().map(|name| SessionEffect::Execute {
+                name: name.clone(),
+                plan_only: false,
+            });
             from_walk(walk, StatementClass::Control, Utility::Write, effect)
         }
     }

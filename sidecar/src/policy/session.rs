@@ -145,24 +145,35 @@ impl SqlSession {
             rels.add_all(&part.rels, schema);
             let mut part_class = part.class;
             match &part.effect {
-                Some(SessionEffect::Execute { name }) => match state.prepared.get(name) {
-                    Some(body) => {
-                        part_class = part_class.max(body.class);
-                        if body.effects().next().is_some() {
-                            // A protocol-level statement with session effects
-                            // of its own: not replayed, so not trusted.
-                            part_class = part_class.max(StatementClass::Dangerous);
+                Some(SessionEffect::Execute { name, plan_only }) => {
+                    match state.prepared.get(name) {
+                        Some(body) => {
+                            let mut body_class = body.class;
+                            if body.effects().next().is_some() {
+                                // A protocol-level statement with session effects
+                                // of its own: not replayed, so not trusted.
+                                body_class = StatementClass::Dangerous;
+                            }
+                            if *plan_only && body_class < StatementClass::Dangerous {
+                                body_class = body_class.min(StatementClass::Read);
+                            }
+                            part_class = part_class.max(body_class);
+                            for p in &body.parts {
+                                if *plan_only {
+                                    rels.add_reads(&p.rels, schema);
+                                } else {
+                                    rels.add_all(&p.rels, schema);
+                                }
+                                add_notes(&mut notes, &p.notes);
+                            }
                         }
-                        for p in &body.parts {
-                            rels.add_all(&p.rels, schema);
-                            add_notes(&mut notes, &p.notes);
+                        None => {
+                            part_class = StatementClass::Unparseable;
+                            error =
+                                Some(format!("EXECUTE names unknown prepared statement {name:?}"));
                         }
                     }
-                    None => {
-                        part_class = StatementClass::Unparseable;
-                        error = Some(format!("EXECUTE names unknown prepared statement {name:?}"));
-                    }
-                },
+                }
                 Some(effect) => apply(state, effect),
                 None => {}
             }

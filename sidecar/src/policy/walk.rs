@@ -245,6 +245,13 @@ impl Walk {
                 self.open.pop();
             }
             Data::Rel { schema, name } => {
+                // FOR UPDATE OF names aliases of the FROM list, not relations.
+                if self
+                    .ancestor(0)
+                    .is_some_and(|(n, f, _)| n == "LockingClause" && f == "locked_rels")
+                {
+                    return;
+                }
                 let role = match self.ancestor(0) {
                     Some((
                         "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt",
@@ -365,9 +372,7 @@ impl Walk {
                     self.queries[q].ctes.push(v.to_owned());
                 }
             }
-            ("ExecuteStmt", "name") if !self.plan_only => {
-                self.executes.push(v.to_owned());
-            }
+            ("ExecuteStmt", "name") => self.executes.push(v.to_owned()),
             _ => {}
         }
     }
