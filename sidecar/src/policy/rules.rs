@@ -4,7 +4,7 @@
 
 use cardgate_crds::config::{PolicyName, SidecarConfig};
 use cardgate_crds::glob::NamePattern;
-use cardgate_crds::v1alpha1::{PolicyRule, RuleAction, StatementClass};
+use cardgate_crds::v1alpha1::{RuleAction, StatementClass};
 
 use super::classify::Classification;
 
@@ -56,12 +56,8 @@ pub struct Decision {
 impl Policy {
     /// Compiles the rules of a configuration (already validated).
     pub fn from_config(cfg: &SidecarConfig) -> Policy {
-        Policy::new(&cfg.rules, cfg.default_action)
-    }
-
-    /// Compiles `rules` with `default_action`.
-    pub fn new(rules: &[PolicyRule], default_action: RuleAction) -> Policy {
-        let rules = rules
+        let rules = cfg
+            .rules
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -88,7 +84,7 @@ impl Policy {
             .collect();
         Policy {
             rules,
-            default_action,
+            default_action: cfg.default_action,
         }
     }
 
