@@ -91,6 +91,7 @@ const CASES: &[Case] = cases! {
     "MERGE INTO orders o USING (SELECT * FROM refunds) r ON o.id = r.order_id WHEN MATCHED THEN DELETE"
         => Write ["public.refunds"] ["public.orders"];
     "TRUNCATE orders, payments.refunds" => Write [] ["payments.refunds", "public.orders"];
+    "TRUNCATE orders CASCADE" => Dangerous [] ["public.orders"];
     // Writable CTEs count as what they execute.
     "WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d" => Write [] ["public.orders"];
     "WITH moved AS (DELETE FROM orders RETURNING *) INSERT INTO archive.orders SELECT * FROM moved"

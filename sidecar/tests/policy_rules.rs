@@ -125,8 +125,30 @@ fn allow_needs_every_relation_listed() {
         p.action("WITH c AS (SELECT * FROM customers) SELECT * FROM orders, c"),
         Deny
     );
-    // A statement that touches no relation is not held back by a table list.
+    // A read that touches no relation is not held back by a table list…
     assert_eq!(p.action("SELECT 1"), Allow);
+}
+
+#[test]
+fn table_lists_do_not_allow_what_names_no_relation() {
+    // An allow rule without classes, bounded only by tables.
+    let p = Check::new(
+        r#"
+  - {action: allow, match: {tables: ["public.*"]}}
+"#,
+        "deny",
+    );
+    assert_eq!(p.action("DELETE FROM orders"), Allow);
+    assert_eq!(p.action("SELECT 1"), Allow);
+    assert_eq!(p.action("SHOW search_path"), Allow);
+    // …but statements whose reach no table list bounds are not allowed by one.
+    assert_eq!(p.action("SELECT pg_read_file('/etc/passwd')"), Deny);
+    assert_eq!(
+        p.action("DO $$BEGIN DELETE FROM payments.cards; END$$"),
+        Deny
+    );
+    assert_eq!(p.action("SET ROLE postgres"), Deny);
+    assert_eq!(p.action("NOTIFY payments"), Deny);
 }
 
 #[test]

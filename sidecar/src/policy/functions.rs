@@ -286,6 +286,27 @@ mod tests {
         }
     }
 
+    /// docs/statements.md is the reviewed list for people: it must name
+    /// every entry (prefixes with a `*`) and every harmless setting.
+    #[test]
+    fn documentation_lists_every_entry() {
+        let doc = include_str!("../../../docs/statements.md");
+        for e in FUNCTIONS {
+            let shown = match e.name {
+                Name::Exact(n) => format!("`{n}`"),
+                Name::Prefix(p) => format!("`{p}*`"),
+            };
+            assert!(
+                doc.contains(&shown),
+                "docs/statements.md does not list {shown}"
+            );
+        }
+        let lower = doc.to_ascii_lowercase();
+        for s in HARMLESS_SETTINGS {
+            assert!(lower.contains(s), "docs/statements.md does not list {s}");
+        }
+    }
+
     #[test]
     fn decoding_settings_are_not_harmless() {
         for s in [

@@ -142,6 +142,12 @@ impl Rule {
         };
         let mut touched = c.reads.iter().chain(&c.writes).map(listed);
         if self.action == RuleAction::Allow {
+            if c.reads.is_empty() && c.writes.is_empty() {
+                // Nothing to check against the list: fine for `SELECT 1` or
+                // SHOW, but a table list cannot bound a DO block, SET ROLE
+                // or pg_read_file, which name no relation.
+                return matches!(c.class, StatementClass::Read | StatementClass::Control);
+            }
             // Every relation must be listed, so an allow never reaches an
             // unlisted table.
             touched.all(|m| m)

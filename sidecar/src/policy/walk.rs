@@ -388,13 +388,25 @@ impl Walk {
     }
 
     fn int(&mut self, v: i32) {
-        if let Some(top) = self.frames.last()
-            && top.name == "AlterTableCmd"
-            && top.field == "subtype"
-            && pg_query::protobuf::AlterTableType::try_from(v)
-                .is_ok_and(|t| SECURITY_ALTERS.contains(&t))
-        {
-            self.raise(StatementClass::Dangerous);
+        let Some(top) = self.frames.last() else {
+            return;
+        };
+        match (top.name, top.field) {
+            ("AlterTableCmd", "subtype")
+                if pg_query::protobuf::AlterTableType::try_from(v)
+                    .is_ok_and(|t| SECURITY_ALTERS.contains(&t)) =>
+            {
+                self.raise(StatementClass::Dangerous);
+            }
+            ("TruncateStmt", "behavior")
+                if v == pg_query::protobuf::DropBehavior::DropCascade as i32 =>
+            {
+                self.raise(StatementClass::Dangerous);
+                self.notes.push(
+                    "TRUNCATE … CASCADE also empties tables the statement does not name".into(),
+                );
+            }
+            _ => {}
         }
     }
 
