@@ -92,7 +92,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 }
 
 /// One session's worth of checking against one configuration.
-pub struct Checker {
+struct Checker {
     policy: Policy,
     policy_name: PolicyName,
     classifier: Classifier,
@@ -126,7 +126,7 @@ impl Checker {
     /// Prepares a check of statements sent to `args.target` by
     /// `args.subject`; `pod_sa` is the pod's own service-account subject (for
     /// `podServiceAccount` entries), when known.
-    pub fn new(
+    fn new(
         config: &SidecarConfig,
         args: &CheckArgs,
         pod_sa: Option<&str>,
@@ -179,7 +179,7 @@ impl Checker {
 
     /// Decides one statement string and describes the outcome as one JSON
     /// object.
-    pub fn check(&mut self, sql: &str) -> String {
+    fn check(&mut self, sql: &str) -> String {
         let c = self.session.effective(self.classifier.classify(sql));
         let decision = self.policy.decide(&self.target, &c);
         let (action, rule, reason) = match &self.refused {

@@ -3,8 +3,10 @@
 //! Each statement is parsed by libpg_query, walked node by node
 //! ([`super::walk`]), and refined where its class depends on its arguments
 //! (SET, COPY, EXPLAIN, DROP, transaction control, PREPARE/EXECUTE). The
-//! result does not depend on any session: names stay as written until
-//! [`super::SqlSession`] qualifies them with the session's search_path.
+//! result does not depend on any session, so one cached result serves them
+//! all: unqualified names are reported in the default schema, and
+//! [`super::SqlSession`] re-qualifies them with a session's search_path and
+//! resolves EXECUTE.
 
 use std::sync::Arc;
 

@@ -93,11 +93,13 @@ impl SqlSession {
         if !c.needs_session(self.schema()) {
             return c;
         }
-        let before = self.state.clone();
+        // Only statements with effects change the state worth undoing.
+        if c.effects().next().is_some() {
+            self.undo = Some(Box::new(self.state.clone()));
+        }
         let mut state = std::mem::take(&mut self.state);
         let result = self.evaluate(&c, &mut state);
         self.state = state;
-        self.undo = Some(Box::new(before));
         Arc::new(result)
     }
 
@@ -107,7 +109,16 @@ impl SqlSession {
         if !c.needs_session(self.schema()) {
             return c.clone();
         }
-        let mut scratch = self.state.clone();
+        let mut scratch = if c.effects().next().is_some() {
+            self.state.clone()
+        } else {
+            // Only the path matters to a statement without effects.
+            State {
+                session_path: self.state.current_path.clone(),
+                current_path: self.state.current_path.clone(),
+                ..State::default()
+            }
+        };
         Arc::new(self.evaluate(c, &mut scratch))
     }
 
