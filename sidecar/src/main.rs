@@ -30,6 +30,9 @@ enum Command {
     /// Mask stdin line by line with the built-in or configured rules (a dry
     /// run of MaskingRules); `--explain` lists each detection instead.
     Mask(cardgate_sidecar::masking::cli::MaskArgs),
+    /// Dry-run statements against a configuration: print, one JSON object per
+    /// statement string, its class, relations and the decision.
+    Check(cardgate_sidecar::policy::check::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Check(args) => Ok(cardgate_sidecar::policy::check::run(&args)),
         Command::Config {
             command: ConfigCommand::Check { config, quiet },
         } => match SidecarConfig::load(&config) {
