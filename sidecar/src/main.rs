@@ -27,6 +27,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// DEVELOPMENT ONLY: local signing keys and agent tokens for demos and
+    /// tests; real agents get tokens from an identity provider.
+    Dev {
+        #[command(subcommand)]
+        command: cardgate_sidecar::identity::dev::DevCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +92,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Dev { command } => {
+            cardgate_sidecar::identity::dev::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command:
                 AuditCommand::Verify {
