@@ -100,6 +100,11 @@ impl HttpsClient {
         let (Some(authority), Some(host)) = (uri.authority(), uri.host()) else {
             return Err(format!("{url} has no host"));
         };
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "{url} carries credentials in the URL; use bearerTokenFile"
+            ));
+        }
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(443);
         let server_name = ServerName::try_from(host.to_string())
@@ -109,8 +114,9 @@ impl HttpsClient {
                 let token = tokio::fs::read_to_string(path)
                     .await
                     .map_err(|e| format!("cannot read bearerTokenFile {}: {e}", path.display()))?;
-                let value = HeaderValue::try_from(format!("Bearer {}", token.trim()))
+                let mut value = HeaderValue::try_from(format!("Bearer {}", token.trim()))
                     .map_err(|_| format!("bearerTokenFile {} is not a token", path.display()))?;
+                value.set_sensitive(true);
                 Some(value)
             }
             None => None,

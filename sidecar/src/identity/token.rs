@@ -233,10 +233,10 @@ mod tests {
             );
         }
         let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
-        assert_eq!(
-            parse(&huge).unwrap_err(),
-            AuthError::Malformed("longer than 16384 bytes")
-        );
+        let err = parse(&huge).unwrap_err();
+        assert_eq!(err, AuthError::Malformed("longer than 16384 bytes"));
+        assert!(err.to_string().contains(&MAX_TOKEN_BYTES.to_string()));
+        assert!(parse(&"a".repeat(MAX_TOKEN_BYTES)).is_err_and(|e| e != err));
     }
 
     #[test]
