@@ -7,3 +7,4 @@
 pub mod postgres;
 pub mod masking;
 pub mod policy;
+pub mod identity;

@@ -33,6 +33,12 @@ enum Command {
     /// Dry-run statements against a configuration: print, one JSON object per
     /// statement string, its class, relations and the decision.
     Check(cardgate_sidecar::policy::check::CheckArgs),
+    /// DEVELOPMENT ONLY: local signing keys and agent tokens for demos and
+    /// tests; real agents get tokens from an identity provider.
+    Dev {
+        #[command(subcommand)]
+        command: cardgate_sidecar::identity::dev::DevCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +99,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Dev { command } => {
+            cardgate_sidecar::identity::dev::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command:
                 AuditCommand::Verify {
