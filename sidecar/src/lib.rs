@@ -3,3 +3,7 @@
 //! It authenticates each agent, holds the real credential, decides every
 //! statement against the AccessPolicy, masks card data in everything it
 //! returns or writes, and keeps a tamper-evident audit trail.
+
+pub mod admin;
+pub mod audit;
+pub mod recording;
