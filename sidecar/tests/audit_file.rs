@@ -383,7 +383,10 @@ async fn a_replaced_log_fails_closed_and_the_outage_is_recorded_after_recovery()
         matches!(&err, AuditError::Unhealthy(m) if m.contains("replaced")),
         "{err}"
     );
-    let err = log.record_durable(statement("refused too")).await.unwrap_err();
+    let err = log
+        .record_durable(statement("refused too"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AuditError::Unhealthy(_)), "{err}");
     assert_eq!(
         metric_line(&metrics, "cardgate_audit_healthy"),
@@ -426,6 +429,9 @@ async fn a_replaced_log_fails_closed_and_the_outage_is_recorded_after_recovery()
     let after = pos(&|(_, m)| *m == "after");
     assert!(pos(&|(_, m)| *m == "in flight") < paused);
     assert!(paused < resumed && resumed < after, "{events:?}");
-    assert!(events[resumed].1.contains("2 events were refused"), "{events:?}");
+    assert!(
+        events[resumed].1.contains("2 events were refused"),
+        "{events:?}"
+    );
     assert!(!events.iter().any(|(_, m)| m.starts_with("refused")));
 }
