@@ -57,7 +57,7 @@ pub struct AuditMetrics {
 }
 
 impl AuditMetrics {
-    /// Counts records written to every sink.
+    /// Counts records sealed and handed to every sink.
     pub(crate) fn written(&self, n: u64) {
         self.records.inc_by(n);
     }
@@ -173,7 +173,7 @@ impl Metrics {
         let audit = AuditMetrics::default();
         registry.register(
             "audit_records",
-            "Audit records written to every sink",
+            "Audit records sealed into the chain and handed to every sink (a failing sink holds them until it recovers)",
             audit.records.clone(),
         );
         registry.register(
