@@ -435,3 +435,46 @@ async fn a_replaced_log_fails_closed_and_the_outage_is_recorded_after_recovery()
     );
     assert!(!events.iter().any(|(_, m)| m.starts_with("refused")));
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_records_then_recovers_and_keeps_every_accepted_one() {
+    let d = dir();
+    let path = d.path().join("audit.log");
+    let metrics = Metrics::new();
+    let log = AuditLog::open_with(
+        &file_config(&path, FsyncPolicy::Always),
+        origin(),
+        AuditOptions {
+            metrics: metrics.audit(),
+            queue_capacity: 4,
+            ..AuditOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Each batch waits for an fsync, so a tight loop outruns the writer.
+    let mut accepted = 0;
+    let mut refused = 0;
+    for i in 0..5_000 {
+        match log.record(statement(&format!("b{i}"))) {
+            Ok(()) => accepted += 1,
+            Err(AuditError::Backlog(_)) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(refused > 0, "the queue limit was never reached");
+    wait_until("the queue to drain", || log.healthy()).await;
+    log.record(statement("after the backlog")).unwrap();
+    log.close().await.unwrap();
+
+    assert_eq!(verified(&path).records, accepted + 3);
+    assert_eq!(
+        metric_line(&metrics, "cardgate_audit_refused_total"),
+        format!("cardgate_audit_refused_total {refused}")
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains(r#"cardgate_audit_failures_total{sink="queue"}"#)
+    );
+}
