@@ -478,3 +478,9 @@ async fn a_full_queue_refuses_records_then_recovers_and_keeps_every_accepted_one
             .contains(r#"cardgate_audit_failures_total{sink="queue"}"#)
     );
 }
+
+#[test]
+fn the_log_is_shared_across_session_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<AuditLog>();
+}
