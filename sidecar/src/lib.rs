@@ -8,3 +8,6 @@ pub mod postgres;
 pub mod masking;
 pub mod policy;
 pub mod identity;
+pub mod admin;
+pub mod audit;
+pub mod recording;

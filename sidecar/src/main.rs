@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cardgate_crds::audit::{Anchor, VerifyOptions};
 use cardgate_crds::config::SidecarConfig;
+use cardgate_sidecar::recording::{Pace, ReplayError, replay};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,6 +40,24 @@ enum Command {
         #[command(subcommand)]
         command: cardgate_sidecar::identity::dev::DevCommand,
     },
+    /// Show a recorded session the way psql showed it, at the recorded pace.
+    Replay {
+        /// The recording (a `.jsonl` file from `audit.recordingsDir`).
+        file: PathBuf,
+        /// Play N times faster than recorded.
+        #[arg(long, value_name = "N", conflicts_with = "instant", value_parser = parse_speed)]
+        speed: Option<f64>,
+        /// Show everything at once.
+        #[arg(long)]
+        instant: bool,
+    },
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -131,6 +150,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::io::stdout().lock(),
             )?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            file,
+            speed,
+            instant,
+        } => {
+            let pace = if instant {
+                Pace::Instant
+            } else {
+                Pace::Speed(speed.unwrap_or(1.0))
+            };
+            match replay(&file, pace, &mut std::io::stdout().lock()) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(ReplayError::Malformed { line, reason }) => {
+                    eprintln!(
+                        "cardgate-sidecar: {}: line {line}: not a recording event ({reason}); the recording is damaged",
+                        file.display()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e).with_context(|| format!("cannot replay {}", file.display())),
+            }
         }
     }
 }
