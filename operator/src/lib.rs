@@ -3,6 +3,8 @@
 //! `kubectl-cardgate` plugin used by approvers and auditors.
 
 pub mod controller;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 pub mod leader;
 pub mod metrics;

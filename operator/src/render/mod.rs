@@ -12,3 +12,6 @@ pub mod observed;
 pub mod plan;
 pub mod rbac;
 pub mod targets;
+
+#[cfg(test)]
+mod tests;
