@@ -8,6 +8,10 @@
 pub mod access_policy;
 pub mod conditions;
 pub mod masking_rule;
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
