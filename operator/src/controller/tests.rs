@@ -522,7 +522,7 @@ async fn cross_namespace_target_takes_the_finalizer_before_writing_elsewhere() {
         assert_eq!(s["generated"][1], json!({"kind": "NetworkPolicy", "name": "cardgate-agents-fraud-analyst-ledger", "namespace": "data"}));
     }).returning(to_json(&fixtures::fraud_policy())));
     for reason in ["ConfigRendered", "NetworkPoliciesApplied", "Ready"] {
-        script.push(Exchange::post(format!("/apis/events.k8s.io/v1/namespaces/agents/events?"), json!({"reason": reason})).reply(201, json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "agents"}, "eventTime": NOW})));
+        script.push(Exchange::post("/apis/events.k8s.io/v1/namespaces/agents/events?", json!({"reason": reason})).reply(201, json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "agents"}, "eventTime": NOW})));
     }
     let server = server.run(script);
     access_policy::reconcile(Arc::new(policy), ctx.clone())
