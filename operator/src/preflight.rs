@@ -52,3 +52,32 @@ pub async fn check_crds(client: &Client) -> Result<(), PreflightError> {
     check::<MaskingRule>(client).await?;
     check::<ApprovalRequest>(client).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::mock::{self, Exchange, list};
+
+    #[tokio::test]
+    async fn missing_crd_names_the_install_command() {
+        let (ctx, server) = mock::context();
+        let server = server.run(vec![
+            Exchange::get("/apis/cardgate.dev/v1alpha1/accesspolicies?&limit=1")
+                .metadata_only()
+                .reply(
+                    200,
+                    list("meta.k8s.io/v1", "PartialObjectMetadataList", vec![]),
+                ),
+            Exchange::get("/apis/cardgate.dev/v1alpha1/maskingrules?&limit=1")
+                .metadata_only()
+                .reply_text(404, "404 page not found\n"),
+        ]);
+        let err = check_crds(&ctx.client).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the custom resource maskingrules.cardgate.dev (cardgate.dev/v1alpha1) is not served by this cluster: install the CRDs first with `kubectl apply -k config/crd` (or the Helm chart), then restart the operator"
+        );
+        drop(ctx);
+        mock::verify(server).await;
+    }
+}

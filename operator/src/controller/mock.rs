@@ -45,6 +45,9 @@ pub enum Reply {
     /// 200 with the applied object as stored: the request body plus the
     /// metadata the server adds.
     Stored,
+    /// This status and a plain-text body (the API server's answer for a
+    /// resource it does not serve at all).
+    Text(StatusCode, String),
     /// 200 with this object carrying the applied status (status
     /// subresource: the server answers with the whole object).
     WithStatus(Value),
@@ -117,6 +120,12 @@ impl Exchange {
         e.content_type = Some(MERGE);
         e.body = BodyCheck::Exact(body);
         e
+    }
+
+    /// Answers with `status` and a plain-text body.
+    pub fn reply_text(mut self, status: u16, body: &str) -> Self {
+        self.reply = Reply::Text(StatusCode::from_u16(status).unwrap(), body.into());
+        self
     }
 
     /// Answers a status apply with `object` carrying the applied status.
@@ -243,19 +252,28 @@ impl ApiServer {
                     ),
                     (_, b) => panic!("{step}: unexpected body {b:?}"),
                 }
-                let (status, answer) = match exp.reply {
-                    Reply::Json(s, v) => (s, v),
-                    Reply::Stored => (StatusCode::OK, stored(body.unwrap())),
+                let (status, content_type, answer) = match exp.reply {
+                    Reply::Json(s, v) => (s, "application/json", serde_json::to_vec(&v).unwrap()),
+                    Reply::Text(s, t) => (s, "text/plain; charset=utf-8", t.into_bytes()),
+                    Reply::Stored => (
+                        StatusCode::OK,
+                        "application/json",
+                        serde_json::to_vec(&stored(body.unwrap())).unwrap(),
+                    ),
                     Reply::WithStatus(mut object) => {
                         object["status"] = body.unwrap()["status"].clone();
-                        (StatusCode::OK, object)
+                        (
+                            StatusCode::OK,
+                            "application/json",
+                            serde_json::to_vec(&object).unwrap(),
+                        )
                     }
                 };
                 send.send_response(
                     Response::builder()
                         .status(status)
-                        .header("content-type", "application/json")
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .header("content-type", content_type)
+                        .body(Body::from(answer))
                         .unwrap(),
                 );
             }

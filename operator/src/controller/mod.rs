@@ -9,7 +9,7 @@ pub mod access_policy;
 pub mod conditions;
 pub mod masking_rule;
 #[cfg(test)]
-mod mock;
+pub(crate) mod mock;
 #[cfg(test)]
 mod tests;
 
