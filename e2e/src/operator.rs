@@ -141,12 +141,18 @@ mod tests {
             .expect("config/manager has the operator Deployment");
         set_images(dep);
         let c = &dep["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["image"], image(OPERATOR_IMAGE_VAR, DEFAULT_OPERATOR_IMAGE));
+        assert_eq!(
+            c["image"],
+            image(OPERATOR_IMAGE_VAR, DEFAULT_OPERATOR_IMAGE)
+        );
         let env = c["env"].as_array().unwrap();
         let sidecar = env
             .iter()
             .find(|e| e["name"] == "CARDGATE_SIDECAR_IMAGE")
             .expect("the Deployment names the sidecar image");
-        assert_eq!(sidecar["value"], image(SIDECAR_IMAGE_VAR, DEFAULT_SIDECAR_IMAGE));
+        assert_eq!(
+            sidecar["value"],
+            image(SIDECAR_IMAGE_VAR, DEFAULT_SIDECAR_IMAGE)
+        );
     }
 }

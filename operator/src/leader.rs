@@ -145,3 +145,182 @@ pub async fn run_unelected<Fut>(
     work(shutdown).await;
     metrics.set_leader(false);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http::{Method, Request, Response, StatusCode};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock;
+
+    use super::*;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/cardgate-system/leases";
+
+    /// Merges a patch into the stored object; `null` removes a field.
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    /// A stateful Lease endpoint: GET, POST and PATCH (apply or strategic
+    /// merge) on one Lease, like the API server's for this object.
+    fn lease_server(initial: Option<Value>) -> (Client, Arc<Mutex<Option<Value>>>) {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let store = Arc::new(Mutex::new(initial));
+        let state = store.clone();
+        tokio::spawn(async move {
+            let mut version = 1;
+            while let Some((req, send)) = handle.next_request().await {
+                let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let mut lease = state.lock().unwrap();
+                version += 1;
+                let (status, answer) = match (method, path.as_str()) {
+                    (Method::GET, p) if p == format!("{LEASE}/cardgate-operator") => {
+                        match &*lease {
+                            Some(l) => (StatusCode::OK, l.clone()),
+                            None => (
+                                StatusCode::NOT_FOUND,
+                                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                                   "message": "leases.coordination.k8s.io \"cardgate-operator\" not found"}),
+                            ),
+                        }
+                    }
+                    (Method::POST, LEASE) => {
+                        let mut created = body;
+                        created["metadata"]["namespace"] = "cardgate-system".into();
+                        created["metadata"]["resourceVersion"] = version.to_string().into();
+                        *lease = Some(created.clone());
+                        (StatusCode::CREATED, created)
+                    }
+                    (Method::PATCH, p) if p == format!("{LEASE}/cardgate-operator") => {
+                        let stored = lease.as_mut().expect("patch of an existing Lease");
+                        merge(&mut stored["spec"], &body["spec"]);
+                        stored["metadata"]["resourceVersion"] = version.to_string().into();
+                        (StatusCode::OK, stored.clone())
+                    }
+                    (m, p) => panic!("unexpected {m} {p}"),
+                };
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (Client::new(service, "default"), store)
+    }
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings {
+            namespace: "cardgate-system".into(),
+            name: "cardgate-operator".into(),
+            identity: "cardgate-operator-0".into(),
+            duration: Duration::from_secs(15),
+        }
+    }
+
+    /// Work that records when it runs and stops on its token.
+    fn work(
+        started: Arc<AtomicBool>,
+        stopped: Arc<AtomicBool>,
+    ) -> impl FnMut(CancellationToken) -> futures::future::BoxFuture<'static, ()> {
+        move |stop: CancellationToken| {
+            let (started, stopped) = (started.clone(), stopped.clone());
+            Box::pin(async move {
+                started.store(true, Ordering::SeqCst);
+                stop.cancelled().await;
+                stopped.store(true, Ordering::SeqCst);
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn leads_runs_the_work_and_releases_the_lease_at_shutdown() {
+        let (client, store) = lease_server(None);
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let (started, stopped) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let task = tokio::spawn(run_while_leading(
+            client,
+            settings(),
+            metrics.clone(),
+            shutdown.clone(),
+            work(started.clone(), stopped.clone()),
+        ));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !started.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the free Lease is acquired and the work starts");
+        assert!(metrics.encode().contains("cardgate_operator_leader 1"));
+        let holder = store.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"].clone();
+        assert_eq!(holder, "cardgate-operator-0");
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stopped.load(Ordering::SeqCst), "the work was told to stop");
+        assert!(metrics.encode().contains("cardgate_operator_leader 0"));
+        let lease = store.lock().unwrap().clone().unwrap();
+        assert!(
+            lease["spec"].get("holderIdentity").is_none(),
+            "released: {lease}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_held_by_another_replica_keeps_the_work_stopped() {
+        let renewed = serde_json::to_value(MicroTime(jiff::Timestamp::now())).unwrap();
+        let (client, _store) = lease_server(Some(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "cardgate-operator", "namespace": "cardgate-system", "resourceVersion": "1"},
+            "spec": {"holderIdentity": "cardgate-operator-1", "leaseDurationSeconds": 15,
+                     "acquireTime": renewed, "renewTime": renewed, "leaseTransitions": 3}
+        })));
+        let shutdown = CancellationToken::new();
+        let (started, stopped) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let task = tokio::spawn(run_while_leading(
+            client,
+            settings(),
+            Arc::new(Metrics::new()),
+            shutdown.clone(),
+            work(started.clone(), stopped),
+        ));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!started.load(Ordering::SeqCst), "ran without the Lease");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

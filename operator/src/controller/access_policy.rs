@@ -50,16 +50,17 @@ enum Reconciled {
 pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile(ControllerName::AccessPolicy);
     let result = reconcile_policy(&policy, &ctx).await;
-    let (outcome, action) = match &result {
-        Ok(Reconciled::Ready) => (Outcome::Ready, Action::requeue(RESYNC)),
-        Ok(Reconciled::Degraded) => (Outcome::Degraded, Action::requeue(DEGRADED_RETRY)),
-        Ok(Reconciled::Deleted) => (Outcome::Ready, Action::await_change()),
-        Err(_) => (Outcome::Error, Action::await_change()),
-    };
-    timer.finish(outcome);
-    result.map(|_| {
-        ctx.succeeded(&object_key(&*policy));
-        action
+    timer.finish(match &result {
+        Ok(Reconciled::Ready | Reconciled::Deleted) => Outcome::Ready,
+        Ok(Reconciled::Degraded) => Outcome::Degraded,
+        Err(_) => Outcome::Error,
+    });
+    let reconciled = result?;
+    ctx.succeeded(&object_key(&*policy));
+    Ok(match reconciled {
+        Reconciled::Ready => Action::requeue(RESYNC),
+        Reconciled::Degraded => Action::requeue(DEGRADED_RETRY),
+        Reconciled::Deleted => Action::await_change(),
     })
 }
 
