@@ -110,9 +110,14 @@ pub async fn run_while_leading<F, Fut>(
                 break 'campaign;
             }
         }
-        // The Lease manager's task ended (API errors); start over.
+        // The Lease manager's task ended (API errors); start over after a
+        // pause, so a persistent error does not turn into a busy loop.
         if let Ok(Err(e)) = handle.await {
-            tracing::error!(error = %e, "leader election stopped");
+            tracing::error!(error = %e, "leader election stopped; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RETRY) => {}
         }
     }
 }

@@ -153,7 +153,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(settings.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", settings.metrics_addr))?;
-    tracing::info!(addr = %settings.metrics_addr, "serving /metrics, /healthz and /readyz");
+    let addr = listener.local_addr().context("metrics listener address")?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     {
         let (metrics, readiness, shutdown) = (metrics.clone(), readiness.clone(), shutdown.clone());
         tasks.spawn("metrics server", async move {
