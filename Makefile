@@ -36,6 +36,17 @@ manifests: deps
 	@mkdir -p $(MANIFESTS)
 	kubectl kustomize config/crd > $(MANIFESTS)/crd.yaml
 	kubernetes-validate --strict --quiet $(MANIFESTS)/crd.yaml
+	@if [ -f config/webhook/kustomization.yaml ]; then \
+		echo "kubectl kustomize config/default"; \
+		kubectl kustomize config/default > $(MANIFESTS)/default.yaml && \
+		kubernetes-validate --strict --quiet $(MANIFESTS)/default.yaml; \
+	else \
+		echo "config/webhook is not there yet: checking config/rbac and config/manager on their own"; \
+		kubectl kustomize config/rbac > $(MANIFESTS)/rbac.yaml && \
+		kubectl kustomize config/manager > $(MANIFESTS)/manager.yaml && \
+		kubernetes-validate --strict --quiet $(MANIFESTS)/rbac.yaml $(MANIFESTS)/manager.yaml; \
+	fi
+	kubernetes-validate --strict --quiet operator/tests/golden/*/networkpolicies.yaml operator/tests/golden/*/rbac.yaml
 
 ## test: lint, manifest checks and every test (needs root or sudo for packages)
 test: deps lint manifests

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod pg;
+pub mod operator;
 
 use std::path::PathBuf;
 

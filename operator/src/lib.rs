@@ -1,3 +1,15 @@
 //! The cardgate operator: turns AccessPolicies into governed agent pods and
 //! records human decisions on ApprovalRequests. Also home of the
 //! `kubectl-cardgate` plugin used by approvers and auditors.
+
+pub mod controller;
+#[cfg(test)]
+mod fixtures;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod preflight;
+pub mod render;
+pub mod runtime;
+pub mod settings;
+pub mod telemetry;
