@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cardgate_crds::pod::{
-    AGENT_TOKEN_AUDIENCE, AGENT_TOKEN_FILE, LABEL_PROXIED, SIDECAR_CONTAINER, SIDECAR_UID,
+    AGENT_TOKEN_FILE, COLLECTOR_AUDIENCE, LABEL_PROXIED, SIDECAR_CONTAINER, SIDECAR_UID,
     config_map_name,
 };
 use cardgate_crds::v1alpha1::{AccessPolicy, MaskActionType, MaskingRule};
@@ -337,10 +337,10 @@ impl AgentCheck<'_> {
                 "cardgate: container {container:?} mounts Secret {secret:?} (volume {vname:?}); remove the mount — only the cardgate sidecar holds the targets' credentials"
             ));
         }
-        let foreign_token = projected
+        let api_token = projected
             .filter_map(|s| s.service_account_token.as_ref())
-            .any(|t| t.audience.as_deref() != Some(AGENT_TOKEN_AUDIENCE));
-        if self.injected && foreign_token {
+            .any(|t| opens_the_api_or_collector(t.audience.as_deref()));
+        if self.injected && api_token {
             problems.push(format!(
                 "cardgate: container {container:?} mounts a service-account token (volume {vname:?}); remove the mount and keep automountServiceAccountToken: false — governed agents use only the cardgate token at {AGENT_TOKEN_FILE}"
             ));
@@ -348,9 +348,32 @@ impl AgentCheck<'_> {
     }
 }
 
+/// Whether a projected token with this audience is accepted by the API
+/// server (no audience, or the usual `https://kubernetes.default.svc…`
+/// API audience) or by the operator's audit collector. Tokens for other
+/// audiences (Vault, cloud workload identity) open neither and stay allowed.
+fn opens_the_api_or_collector(audience: Option<&str>) -> bool {
+    match audience {
+        None => true,
+        Some(a) => a == COLLECTOR_AUDIENCE || a.contains("kubernetes.default.svc"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::repository;
+    use super::{opens_the_api_or_collector, repository};
+
+    #[test]
+    fn api_and_collector_tokens_are_recognised() {
+        assert!(opens_the_api_or_collector(None));
+        assert!(opens_the_api_or_collector(Some("cardgate-collector")));
+        assert!(opens_the_api_or_collector(Some(
+            "https://kubernetes.default.svc.cluster.local"
+        )));
+        assert!(!opens_the_api_or_collector(Some("cardgate-sidecar")));
+        assert!(!opens_the_api_or_collector(Some("vault")));
+        assert!(!opens_the_api_or_collector(Some("sts.amazonaws.com")));
+    }
 
     #[test]
     fn repository_drops_tag_and_digest_only() {
