@@ -38,6 +38,11 @@ pub use settings::{CertMode, DEFAULT_SIDECAR_IMAGE, WebhookSettings};
 use crate::tls::{CaBundleTargets, CertResolver, MountedCerts, SecretStore, SelfManaged, TlsError};
 use pods::{PodContext, PodInjector, PodValidator};
 
+/// Path of the injecting webhook (referenced by `cardgate-pod-injector`).
+pub const MUTATE_PODS_PATH: &str = "/mutate/pods";
+/// Path of the pod rules (referenced by `cardgate-pod-validator`).
+pub const VALIDATE_PODS_PATH: &str = "/validate/pods";
+
 /// How often self-managed certificates are checked (renewal by another
 /// replica, caBundle emptied by a re-apply of the configurations).
 const RENEW_INTERVAL: Duration = Duration::from_secs(60);
@@ -139,8 +144,8 @@ pub async fn serve(
         metrics,
     });
     let router = server::Router::new()
-        .admit("/mutate/pods", PodInjector(context.clone()))
-        .admit("/validate/pods", PodValidator(context));
+        .admit(MUTATE_PODS_PATH, PodInjector(context.clone()))
+        .admit(VALIDATE_PODS_PATH, PodValidator(context));
     let addr = settings.bind_address;
     let listener = TcpListener::bind(addr)
         .await
