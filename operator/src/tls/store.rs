@@ -18,6 +18,9 @@ use super::TlsError;
 use super::certs::{WebhookCerts, issue_all, observe, reissue_serving};
 use super::rotation::{Action, Lifetimes, decide};
 
+/// Type of the Secret the operator creates.
+const SECRET_TYPE: &str = "kubernetes.io/tls";
+
 /// How often a replica re-reads and decides after losing a race before it
 /// gives up for this round.
 const ATTEMPTS: usize = 5;
@@ -76,7 +79,11 @@ impl SecretStore {
                         }
                         _ => issue_all(now, &self.dns_names, self.lifetimes, None)?,
                     };
-                    let replacement = self.secret(&next, Some(secret.metadata));
+                    let replacement = Secret {
+                        // The type of an existing Secret cannot change.
+                        type_: secret.type_.clone().or(Some(SECRET_TYPE.into())),
+                        ..self.secret(&next, Some(secret.metadata))
+                    };
                     match self
                         .api
                         .replace(&self.name, &PostParams::default(), &replacement)
@@ -111,7 +118,7 @@ impl SecretStore {
         ]);
         Secret {
             metadata,
-            type_: Some("kubernetes.io/tls".into()),
+            type_: Some(SECRET_TYPE.into()),
             data: Some(
                 certs
                     .to_data()

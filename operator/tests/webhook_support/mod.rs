@@ -94,19 +94,36 @@ impl ApiHandle {
     /// Answers every request with `respond(method, path, body)` until the
     /// client is dropped.
     pub fn serve_forever(
-        mut self,
+        self,
         respond: impl Fn(&str, &str) -> (u16, Value) + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
+        self.serve_requests(move |method, path, _query, _body| Some(respond(method, path)))
+    }
+
+    /// Answers every request with `respond(method, path, query, body)`;
+    /// `None` leaves the request open (a watch with nothing to report).
+    pub fn serve_requests(
+        mut self,
+        respond: impl Fn(&str, &str, &str, &Value) -> Option<(u16, Value)> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let mut open = Vec::new();
             while let Some((req, send)) = self.0.next_request().await {
-                let (status, body) = respond(req.method().as_str(), req.uri().path());
-                send.send_response(
-                    Response::builder()
-                        .status(status)
-                        .header("content-type", "application/json")
-                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                        .unwrap(),
-                );
+                let method = req.method().to_string();
+                let path = req.uri().path().to_string();
+                let query = req.uri().query().unwrap_or_default().to_string();
+                let bytes = req.into_body().collect_bytes().await.unwrap();
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                match respond(&method, &path, &query, &body) {
+                    Some((status, body)) => send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                            .unwrap(),
+                    ),
+                    None => open.push(send),
+                }
             }
         })
     }
