@@ -203,6 +203,8 @@ pub fn inject(
         .collect();
     spec.volumes = Some(volumes);
 
+    // Transparent targets (`env.transparent_targets`) get no environment;
+    // the interception init container goes in front of the sidecar here.
     let sidecar_in = if settings.legacy_sidecar {
         spec.containers.push(plan.container(false));
         "containers"
