@@ -6,8 +6,8 @@
 //! cannot pass by skipping.
 
 pub mod cluster;
-pub mod pg;
 pub mod operator;
+pub mod pg;
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@ pub mod controller;
 #[cfg(test)]
 mod fixtures;
 pub mod health;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod preflight;
@@ -13,3 +14,5 @@ pub mod render;
 pub mod runtime;
 pub mod settings;
 pub mod telemetry;
+pub mod tls;
+pub mod webhook;

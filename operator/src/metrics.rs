@@ -1,13 +1,14 @@
 //! Prometheus metrics of the operator, served on `/metrics`.
 //!
 //! One registry for the whole process: the controllers record reconciles,
-//! durations and errors; the admission webhook records injections through
-//! [`Metrics::injection`]. Label values come from closed sets (enums and
+//! durations and errors; the admission webhooks count injections and denials
+//! through [`Metrics::webhook`]. Label values come from closed sets (enums and
 //! error reasons), never from user data.
 
 use std::sync::atomic::AtomicI64;
 use std::time::Instant;
 
+use crate::webhook::WebhookMetrics;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,21 +36,6 @@ pub enum Outcome {
     Error,
 }
 
-/// What the mutating webhook did with a pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum InjectionOutcome {
-    /// The sidecar was injected.
-    Injected,
-    /// The pod already had the sidecar (re-invocation).
-    AlreadyInjected,
-    /// No policy selects the pod, or it opted out.
-    Skipped,
-    /// The pod was refused.
-    Denied,
-    /// Injection failed (the webhook fails closed).
-    Error,
-}
-
 /// Lower-case label values for the enums above.
 macro_rules! label_values {
     ($ty:ty { $($variant:ident => $value:literal),+ $(,)? }) => {
@@ -71,13 +57,6 @@ macro_rules! label_values {
 
 label_values!(ControllerName { AccessPolicy => "accesspolicy", MaskingRule => "maskingrule" });
 label_values!(Outcome { Ready => "ready", Degraded => "degraded", Error => "error" });
-label_values!(InjectionOutcome {
-    Injected => "injected",
-    AlreadyInjected => "already_injected",
-    Skipped => "skipped",
-    Denied => "denied",
-    Error => "error",
-});
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReconcileLabels {
@@ -96,11 +75,6 @@ struct ErrorLabels {
     reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct InjectionLabels {
-    outcome: InjectionOutcome,
-}
-
 fn duration_histogram() -> Histogram {
     // 5 ms to ~20 s.
     Histogram::new(exponential_buckets(0.005, 2.0, 13))
@@ -112,7 +86,8 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     durations: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
-    injections: Family<InjectionLabels, Counter>,
+    /// Counters of the admission webhooks (injections, denials).
+    pub webhook: WebhookMetrics,
     leader: Gauge<i64, AtomicI64>,
 }
 
@@ -130,7 +105,6 @@ impl Metrics {
         let durations: Family<ControllerLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(duration_histogram);
         let errors = Family::<ErrorLabels, Counter>::default();
-        let injections = Family::<InjectionLabels, Counter>::default();
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "reconciles",
@@ -147,11 +121,7 @@ impl Metrics {
             "Reconciles that failed, by controller and error reason",
             errors.clone(),
         );
-        registry.register(
-            "injections",
-            "Pods seen by the injection webhook, by outcome",
-            injections.clone(),
-        );
+        let webhook = WebhookMetrics::register(&mut registry);
         registry.register(
             "leader",
             "1 while this replica holds the leader Lease and runs the controllers",
@@ -162,7 +132,7 @@ impl Metrics {
             reconciles,
             durations,
             errors,
-            injections,
+            webhook,
             leader,
         }
     }
@@ -184,13 +154,6 @@ impl Metrics {
                 controller,
                 reason: reason.to_string(),
             })
-            .inc();
-    }
-
-    /// Counts one pod handled by the injection webhook.
-    pub fn injection(&self, outcome: InjectionOutcome) {
-        self.injections
-            .get_or_create(&InjectionLabels { outcome })
             .inc();
     }
 
@@ -243,13 +206,13 @@ mod tests {
         m.reconcile(ControllerName::AccessPolicy)
             .finish(Outcome::Degraded);
         m.reconcile_error(ControllerName::MaskingRule, "Conflict");
-        m.injection(InjectionOutcome::Injected);
+        m.webhook.injections.inc();
         m.set_leader(true);
         let text = m.encode();
         for line in [
             "cardgate_operator_reconciles_total{controller=\"accesspolicy\",outcome=\"degraded\"} 1",
             "cardgate_operator_reconcile_errors_total{controller=\"maskingrule\",reason=\"Conflict\"} 1",
-            "cardgate_operator_injections_total{outcome=\"injected\"} 1",
+            "cardgate_operator_webhook_injections_total 1",
             "cardgate_operator_leader 1",
             "cardgate_operator_reconcile_duration_seconds_count{controller=\"accesspolicy\"} 1",
         ] {

@@ -206,10 +206,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     }
 
-    // Admission webhook server (every replica): spawn it here with
-    // `tasks.spawn("webhook server", …)`, giving it `client`, `metrics`,
-    // `shutdown.clone()`, a `readiness.register("webhook")` flag and
-    // `collector_ca_tx` for the CA its TLS bootstrap creates.
+    // Admission webhooks: every replica serves them, leader or not.
+    {
+        let flag = readiness.register("webhook");
+        let (ready_tx, mut ready_rx) = watch::channel(false);
+        let stop = shutdown.clone();
+        tasks.spawn("webhook readiness", async move {
+            loop {
+                flag.set(*ready_rx.borrow_and_update());
+                tokio::select! {
+                    changed = ready_rx.changed() => if changed.is_err() { return Ok(()) },
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+        });
+        let (client, webhook_metrics, stop) =
+            (client.clone(), metrics.webhook.clone(), shutdown.clone());
+        let webhook_settings = settings.webhook.clone();
+        tasks.spawn("webhook server", async move {
+            crate::webhook::serve(
+                webhook_settings,
+                client,
+                webhook_metrics,
+                ready_tx,
+                async move { stop.cancelled().await },
+            )
+            .await
+            .context("admission webhook server")
+        });
+    }
+    // The collector's CA only changes when --collector-ca-file does; the
+    // sender stays alive so the controllers keep their last value.
     let _collector_ca_tx = collector_ca_tx;
 
     tasks

@@ -27,6 +27,10 @@ pub enum LogFormat {
     about = "Reconciles cardgate AccessPolicies and MaskingRules into governed agent pods"
 )]
 pub struct Settings {
+    /// Admission webhook and sidecar injection settings.
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookSettings,
+
     /// Address of the metrics and health server (`/metrics`, `/healthz`,
     /// `/readyz`).
     #[arg(long, env = "CARDGATE_METRICS_ADDR", default_value = "0.0.0.0:8080")]

@@ -4,10 +4,10 @@
 //! statement against the AccessPolicy, masks card data in everything it
 //! returns or writes, and keeps a tamper-evident audit trail.
 
-pub mod postgres;
-pub mod masking;
-pub mod policy;
-pub mod identity;
 pub mod admin;
 pub mod audit;
+pub mod identity;
+pub mod masking;
+pub mod policy;
+pub mod postgres;
 pub mod recording;
