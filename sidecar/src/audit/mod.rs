@@ -417,4 +417,3 @@ fn prepare(
     }
     Ok(out)
 }
-

@@ -63,10 +63,23 @@ impl PodIdentity {
             service_account: self.service_account.clone(),
             node: self.node.clone(),
             // Outside a pod, the host names where the records come from.
-            host: if self.pod.is_none() { host_name() } else { None },
+            host: if self.pod.is_none() {
+                host_name()
+            } else {
+                None
+            },
             ..Origin::default()
         }
     }
+}
+
+/// This machine's host name, for records written outside Kubernetes.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
 }
 
 #[cfg(test)]
@@ -110,13 +123,4 @@ mod tests {
         assert_eq!(pod, PodIdentity::default());
         assert_eq!(pod.service_account_subject(), None);
     }
-}
-
-/// This machine's host name, for records written outside Kubernetes.
-fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
 }
