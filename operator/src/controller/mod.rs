@@ -7,6 +7,8 @@
 
 pub mod access_policy;
 pub mod approval_request;
+#[cfg(test)]
+mod approval_tests;
 pub mod conditions;
 pub mod masking_rule;
 #[cfg(test)]
