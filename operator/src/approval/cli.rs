@@ -12,7 +12,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use cardgate_crds::v1alpha1::{ApprovalRequest, ApprovalRequestStatus, Decision, Phase, Review};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -315,11 +315,20 @@ pub async fn watch(
         .default_backoff()
         .applied_objects();
     let mut stream = std::pin::pin!(stream);
-    while let Some(request) = stream
-        .try_next()
-        .await
-        .map_err(|e| CliError::Refused(e.to_string()))?
-    {
+    let mut started = false;
+    while let Some(item) = stream.next().await {
+        let request = match item {
+            Ok(r) => r,
+            // Before anything was listed, an error is a setup problem
+            // (permissions, kubeconfig): report it. Later ones are
+            // interruptions the watcher recovers from.
+            Err(e) if !started => return Err(CliError::Refused(e.to_string())),
+            Err(e) => {
+                eprintln!("kubectl-cardgate: watch interrupted ({e}); resuming");
+                continue;
+            }
+        };
+        started = true;
         let key = request.uid().unwrap_or_else(|| request.name_any());
         let state = (
             request.status.as_ref().map_or(Phase::Pending, |s| s.phase),
@@ -723,6 +732,96 @@ fraud-analyst-0a1b2c3d-wxyz   system:serviceaccount:agents:fraud-analyst     led
         assert_eq!(
             err.to_string(),
             "cardgate: alice cannot approve their own request"
+        );
+    }
+
+    /// A writer the test reads while the watch runs.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_prints_a_line_per_change_of_phase_or_reviews() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let pending = sample();
+        let mut approved = sample();
+        approved["metadata"]["resourceVersion"] = json!("902");
+        approved["status"] = json!({"phase": "Approved"});
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            let mut watches = 0;
+            while let Some((req, send)) = handle.next_request().await {
+                let query = req.uri().query().unwrap_or_default().to_string();
+                assert_eq!(
+                    req.uri().path(),
+                    "/apis/cardgate.dev/v1alpha1/namespaces/payments/approvalrequests"
+                );
+                let body = if !query.contains("watch=true") {
+                    serde_json::to_vec(&json!({"apiVersion": "cardgate.dev/v1alpha1", "kind": "ApprovalRequestList", "metadata": {"resourceVersion": "900"}, "items": [pending]})).unwrap()
+                } else if watches == 0 {
+                    watches += 1;
+                    // A status-only change that repeats what was shown, then
+                    // the decision.
+                    let mut again = pending.clone();
+                    again["metadata"]["resourceVersion"] = json!("901");
+                    let mut lines =
+                        serde_json::to_vec(&json!({"type": "MODIFIED", "object": again})).unwrap();
+                    lines.push(b'\n');
+                    lines.extend(
+                        serde_json::to_vec(&json!({"type": "MODIFIED", "object": approved}))
+                            .unwrap(),
+                    );
+                    lines.push(b'\n');
+                    lines
+                } else {
+                    open.push(send);
+                    continue;
+                };
+                send.send_response(
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(Body::from(body))
+                        .unwrap(),
+                );
+            }
+        });
+        let client = Client::new(service, "payments");
+        let out = Shared::default();
+        let mut writer = out.clone();
+        let task = tokio::spawn(async move { watch(&client, Some("payments"), &mut writer).await });
+        let text = || String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        for _ in 0..500 {
+            if text().lines().count() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        task.abort();
+        let text = text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("NAME                              PHASE     REQUESTER"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{NAME}       Pending   ")),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with(&format!("{NAME}       Approved  ")),
+            "{text}"
         );
     }
 }
