@@ -10,6 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rand::Rng;
 
+use super::error::mask;
 use super::{NewRequest, StoreError};
 
 /// Label naming the policy whose rule held the statement.
@@ -81,7 +82,7 @@ pub(crate) fn validate(req: &NewRequest) -> Result<(), StoreError> {
 }
 
 /// The object as created: Pending (no status), labelled, expiring
-/// `timeout` after `now`.
+/// `timeout` after `now`, statement masked.
 pub(crate) fn build(
     req: &NewRequest,
     name: &str,
@@ -92,14 +93,18 @@ pub(crate) fn build(
         .ok()
         .and_then(|d| now.checked_add(d).ok())
         .ok_or_else(|| StoreError::invalid("approval timeout is too large"))?;
+    // The caller masks with the configured rules; masking again with the
+    // built-in ones is idempotent and keeps a forgotten call from storing a
+    // raw card number (or cutting one in half in the preview).
+    let text = mask(&req.statement_masked);
     let spec = ApprovalRequestSpec {
         requester: req.requester.clone(),
         policy: req.policy.clone(),
         rule: req.rule.clone(),
         target: req.target.clone(),
         statement: StatementRef {
-            text: req.statement_masked.clone(),
-            preview: preview(&req.statement_masked),
+            preview: preview(&text),
+            text,
             fingerprint: req.fingerprint.clone(),
             class: req.class,
         },
