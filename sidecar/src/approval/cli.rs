@@ -148,32 +148,34 @@ pub fn execute(
             name,
             reason,
             reviewer,
-        } => review(
-            &dir,
-            &approvers,
-            name,
-            Decision::Approved,
-            reason.as_deref(),
-            reviewer,
-            env_user,
-            now,
-            out,
-        ),
+        } => {
+            let reviewer = reviewer.resolve(env_user);
+            let obj = dir.review(
+                name,
+                &approvers,
+                &reviewer,
+                Decision::Approved,
+                reason.as_deref(),
+                now,
+            )?;
+            confirm(out, &obj, Decision::Approved, &reviewer)
+        }
         ApprovalsCommand::Deny {
             name,
             reason,
             reviewer,
-        } => review(
-            &dir,
-            &approvers,
-            name,
-            Decision::Denied,
-            Some(reason),
-            reviewer,
-            env_user,
-            now,
-            out,
-        ),
+        } => {
+            let reviewer = reviewer.resolve(env_user);
+            let obj = dir.review(
+                name,
+                &approvers,
+                &reviewer,
+                Decision::Denied,
+                Some(reason),
+                now,
+            )?;
+            confirm(out, &obj, Decision::Denied, &reviewer)
+        }
     }
 }
 
@@ -207,23 +209,24 @@ fn open(args: &ApprovalsArgs) -> Result<(Directory, Approvers), CliError> {
     Ok((Directory::open(dir)?, approval.settings.approvers))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn review(
-    dir: &Directory,
-    approvers: &Approvers,
-    name: &str,
-    decision: Decision,
-    reason: Option<&str>,
-    who: &ReviewerArgs,
-    env_user: Option<String>,
-    now: Timestamp,
+impl ReviewerArgs {
+    /// The reviewer: `--as`, else `$USER` (`env_user`), with the claimed groups.
+    fn resolve(&self, env_user: Option<String>) -> Reviewer {
+        Reviewer {
+            name: self.as_user.clone().or(env_user).unwrap_or_default(),
+            groups: self.groups.clone(),
+        }
+    }
+}
+
+/// Tells the reviewer what their review did.
+fn confirm(
     out: &mut impl Write,
+    obj: &ApprovalRequest,
+    decision: Decision,
+    reviewer: &Reviewer,
 ) -> Result<(), CliError> {
-    let reviewer = Reviewer {
-        name: who.as_user.clone().or(env_user).unwrap_or_default(),
-        groups: who.groups.clone(),
-    };
-    let obj = dir.review(name, approvers, &reviewer, decision, reason, now)?;
+    let name = obj.metadata.name.as_deref().unwrap_or_default();
     let status = obj.status.clone().unwrap_or_default();
     let verb = match decision {
         Decision::Approved => "approval",
@@ -232,7 +235,7 @@ fn review(
     let outcome = match status.phase {
         Phase::Pending => format!(
             "still pending ({} of {} approvals)",
-            approvals(&obj),
+            approvals(obj),
             obj.spec.quorum
         ),
         phase => format!("now {}", phase_name(phase)),
