@@ -42,11 +42,6 @@ impl LocalStore {
         Ok(LocalStore { dir, changes })
     }
 
-    /// The directory underneath, for reviews and listings.
-    pub fn directory(&self) -> &Directory {
-        &self.dir
-    }
-
     /// Writes a new Pending request; returns its name.
     pub async fn create(&self, req: &NewRequest) -> Result<String, StoreError> {
         let req = req.clone();
