@@ -31,7 +31,7 @@ rules:
     match: {classes: [ddl, dangerous, unparseable]}
 limits: {maxRows: 1000}
 approval:
-  settings: {approvers: {users: [alice]}}
+  settings: {approvers: {users: [alice]}, timeout: 3s}
   store: {directory: approvals}
 masking:
   rules:
@@ -131,10 +131,12 @@ async fn an_agent_session_end_to_end() {
         err.contains("cardgate: denied by AccessPolicy payments/test-policy rule 4 no-ddl-or-side-effects (ddl)"),
         "{err}"
     );
+    // The write waited for approvers, nobody decided, it expired.
     assert!(
-        err.contains("held by AccessPolicy payments/test-policy"),
+        err.contains("statement held for approval by rule 3 (writes-need-approval)"),
         "{err}"
     );
+    assert!(err.contains("expired without a decision"), "{err}");
     assert!(out.contains("     50"), "{out}");
     assert_eq!(
         pg.psql(

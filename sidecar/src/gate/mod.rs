@@ -16,12 +16,14 @@ use cardgate_crds::config::PolicyName;
 use cardgate_crds::v1alpha1::{RuleAction, StatementClass};
 
 use crate::admin::{Metrics, SessionGuard};
+use crate::approval::{NewRequest, Resolution, Store, keyed_fingerprint};
 use crate::audit::AuditLog;
 use crate::identity::{Authenticator, Identity, claimed_identity};
 use crate::masking::{ColumnMask, Masker};
 use crate::policy::{Classifier, Policy, SqlSession};
 use crate::postgres::guard::{
-    ClientInfo, ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionSummary, Verdict,
+    ClientInfo, ColumnOutput, Guard, Held, Outcome, Protocol, Resolved, RowLimits, SessionSummary,
+    Verdict,
 };
 use crate::recording::{Recordings, SessionInfo};
 
@@ -53,6 +55,24 @@ pub struct Shared {
     pub recordings: Option<Recordings>,
     /// Row and byte limits.
     pub limits: RowLimits,
+    /// Approvals, when the configuration has an approval store.
+    pub approvals: Option<Approvals>,
+}
+
+/// Where held statements wait, and the policy's approval settings.
+pub struct Approvals {
+    /// The ApprovalRequest store.
+    pub store: Store,
+    /// Approvers, quorum, mode, timeouts.
+    pub settings: cardgate_crds::v1alpha1::ApprovalSettings,
+    /// Key of the statement fingerprints (a keyed hash: an unkeyed hash next
+    /// to a masked statement would give the card number away).
+    pub fingerprint_key: Vec<u8>,
+    /// The pod, for the requester fields.
+    pub pod: crate::identity::PodIdentity,
+    /// How approvers approve, for the agent's notice (`kubectl cardgate
+    /// approve` or `cardgate-sidecar approvals approve`).
+    pub approve_command: String,
 }
 
 /// The guard of one target.
@@ -122,6 +142,7 @@ pub struct Session {
 }
 
 /// A decided statement on its way to the server.
+#[derive(Clone)]
 pub struct Statement {
     identity: Arc<Identity>,
     origin: Arc<Origin>,
@@ -132,6 +153,19 @@ pub struct Statement {
     reads: Vec<String>,
     writes: Vec<String>,
     protocol: Protocol,
+    approval: Option<String>,
+}
+
+/// A statement a `requireApproval` rule held.
+pub struct Hold {
+    statement: Statement,
+    fingerprint: String,
+}
+
+/// A statement waiting for approvers.
+pub struct Waiting {
+    name: String,
+    statement: Statement,
 }
 
 impl Guard for Gate {
@@ -139,6 +173,8 @@ impl Guard for Gate {
     type Statement = Statement;
     type ColumnRule = ColumnMask;
     type Recorder = MaskedRecorder;
+    type Hold = Hold;
+    type Waiting = Waiting;
 
     async fn authenticate(&self, token: &str, client: &ClientInfo) -> Result<Session, String> {
         let origin = self.client_origin(client);
@@ -238,7 +274,7 @@ impl Guard for Gate {
         ))
     }
 
-    fn decide(&self, s: &mut Session, sql: &str, protocol: Protocol) -> Verdict<Statement> {
+    fn decide(&self, s: &mut Session, sql: &str, protocol: Protocol) -> Verdict<Statement, Hold> {
         s.statements += 1;
         let shared = &self.shared;
         let (class, reads, writes, decision) = if protocol == Protocol::FunctionCall {
@@ -283,15 +319,147 @@ impl Guard for Gate {
             reads,
             writes,
             protocol,
+            approval: None,
         };
         if action == RuleAction::Allow {
             return Verdict::Allow(statement);
+        }
+        if action == RuleAction::RequireApproval
+            && let Some(a) = &shared.approvals
+        {
+            let fingerprint =
+                keyed_fingerprint(&a.fingerprint_key, sql, &self.target, &s.identity.subject);
+            return Verdict::Hold(Hold {
+                statement,
+                fingerprint,
+            });
         }
         s.sql.undo_last();
         let mut rec = self.statement_record(&statement, action, AuditOutcome::Failure);
         rec.message = Some(message.clone());
         self.record(rec);
         Verdict::Deny(message)
+    }
+
+    async fn hold(&self, hold: Hold) -> Held<Statement, Waiting> {
+        let Some(a) = &self.shared.approvals else {
+            return Held::Now(self.refuse_held(
+                hold.statement,
+                None,
+                "cardgate: no approval store is configured".into(),
+            ));
+        };
+        let Hold {
+            mut statement,
+            fingerprint,
+        } = hold;
+        let deferred = a.settings.mode == cardgate_crds::v1alpha1::ApprovalMode::Deferred;
+        if deferred {
+            match a.store.find_grant(&fingerprint).await {
+                Ok(Some(grant)) => {
+                    return Held::Now(match a.store.record_use(&grant.name).await {
+                        Ok(()) => {
+                            statement.approval = Some(grant.name);
+                            Resolved::Allow(statement)
+                        }
+                        Err(e) => {
+                            self.refuse_held(statement, Some(grant.name), format!("cardgate: {e}"))
+                        }
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Held::Now(self.refuse_held(statement, None, format!("cardgate: {e}")));
+                }
+            }
+        }
+        let request = self.new_request(a, &statement, fingerprint.clone());
+        let name = match a.store.create(&request).await {
+            Ok(name) => name,
+            Err(e) => {
+                return Held::Now(self.refuse_held(statement, None, format!("cardgate: {e}")));
+            }
+        };
+        let mut rec = self.statement_record(
+            &statement,
+            RuleAction::RequireApproval,
+            AuditOutcome::Success,
+        );
+        rec.event = EventKind::ApprovalCreated;
+        rec.approval = Some(cardgate_crds::audit::ApprovalDetails {
+            name: name.clone(),
+            fingerprint: Some(fingerprint),
+            ..Default::default()
+        });
+        self.record(rec);
+        let how = a.approve_command.replace("NAME", &name);
+        if deferred {
+            let message = format!(
+                "cardgate: {} of AccessPolicy {} needs approval: request {name} was created; once it is approved ({how}), run the same statement again within {}",
+                statement.rule, self.shared.policy, a.settings.grant_ttl
+            );
+            return Held::Now(self.refuse_held(statement, Some(name), message));
+        }
+        Held::Waiting {
+            notice: format!(
+                "cardgate: statement held for approval by {} of AccessPolicy {}: request {name}; approve with `{how}`; waiting up to {}",
+                statement.rule, self.shared.policy, a.settings.timeout
+            ),
+            waiting: Waiting { name, statement },
+        }
+    }
+
+    async fn await_decision(&self, w: &Waiting) -> Resolved<Statement> {
+        let Some(a) = &self.shared.approvals else {
+            return Resolved::Deny("cardgate: no approval store is configured".into());
+        };
+        let mut statement = w.statement.clone();
+        let message = match a.store.wait(&w.name).await {
+            Ok(Resolution::Approved { name, .. }) => match a.store.record_use(&name).await {
+                Ok(()) => {
+                    statement.approval = Some(name);
+                    return Resolved::Allow(statement);
+                }
+                Err(e) => format!("cardgate: {e}"),
+            },
+            Ok(Resolution::Denied {
+                name,
+                reviewer,
+                reason,
+            }) => {
+                format!("cardgate: approval request {name} was denied by {reviewer}: {reason}")
+            }
+            Ok(Resolution::Expired { name }) => {
+                format!("cardgate: approval request {name} expired without a decision")
+            }
+            Ok(Resolution::Withdrawn { name }) => {
+                format!("cardgate: approval request {name} was withdrawn")
+            }
+            Err(e) => format!("cardgate: {e}"),
+        };
+        self.refuse_held(statement, Some(w.name.clone()), message)
+    }
+
+    async fn withdraw(&self, w: Waiting, reason: &str) {
+        if let Some(a) = &self.shared.approvals
+            && let Err(e) = a.store.withdraw(&w.name).await
+        {
+            tracing::warn!(request = %w.name, error = %e, "could not withdraw an approval request");
+        }
+        let mut rec = self.statement_record(
+            &w.statement,
+            RuleAction::RequireApproval,
+            AuditOutcome::Failure,
+        );
+        rec.event = EventKind::ApprovalWithdrawn;
+        rec.approval = Some(cardgate_crds::audit::ApprovalDetails {
+            name: w.name.clone(),
+            decision: Some("Withdrawn".into()),
+            reason: Some(reason.to_string()),
+            ..Default::default()
+        });
+        rec.message = Some(format!("approval request {} withdrawn: {reason}", w.name));
+        self.record(rec);
     }
 
     fn completed(&self, st: &Statement, outcome: &Outcome) {
@@ -414,8 +582,58 @@ impl Gate {
             duration_us: None,
             masked_values: None,
             sqlstate: None,
-            approval: None,
+            approval: st.approval.clone(),
         });
         rec
+    }
+
+    /// Refuses a held statement and records why.
+    fn refuse_held(
+        &self,
+        statement: Statement,
+        request: Option<String>,
+        message: String,
+    ) -> Resolved<Statement> {
+        let mut rec = self.statement_record(
+            &statement,
+            RuleAction::RequireApproval,
+            AuditOutcome::Failure,
+        );
+        if let Some(d) = rec.statement.as_mut() {
+            d.approval = request;
+        }
+        rec.message = Some(self.masked(&message));
+        self.record(rec);
+        Resolved::Deny(message)
+    }
+
+    fn new_request(&self, a: &Approvals, st: &Statement, fingerprint: String) -> NewRequest {
+        let pod = &a.pod;
+        NewRequest {
+            policy: self.shared.policy.name.clone(),
+            policy_namespace: self.shared.policy.namespace.clone(),
+            rule: st.rule.clone(),
+            target: self.target.clone(),
+            statement_masked: st.text.clone(),
+            fingerprint,
+            class: st.class,
+            requester: cardgate_crds::v1alpha1::Requester {
+                subject: st.identity.subject.clone(),
+                issuer: Some(st.identity.issuer.clone()),
+                groups: st.identity.groups.clone(),
+                service_account: pod.service_account_subject().unwrap_or_default(),
+                pod: pod.pod.clone().unwrap_or_default(),
+                pod_uid: pod.pod_uid.clone().unwrap_or_default(),
+                node: pod.node.clone(),
+            },
+            mode: a.settings.mode,
+            quorum: a.settings.quorum,
+            timeout: a.settings.timeout.into(),
+            grant_ttl: a.settings.grant_ttl.into(),
+            max_uses: match a.settings.mode {
+                cardgate_crds::v1alpha1::ApprovalMode::Wait => 1,
+                cardgate_crds::v1alpha1::ApprovalMode::Deferred => a.settings.max_uses,
+            },
+        }
     }
 }

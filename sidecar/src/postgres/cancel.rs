@@ -20,6 +20,9 @@ pub struct CancelTarget {
     pub upstream: Arc<UpstreamSettings>,
     /// The server's key for the session.
     pub key: (i32, i32),
+    /// Woken by a cancel request, so a statement waiting for approvers
+    /// (not yet upstream) is withdrawn.
+    pub interrupt: Arc<tokio::sync::Notify>,
 }
 
 /// Maps the keys handed to clients to upstream sessions.

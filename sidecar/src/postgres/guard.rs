@@ -53,11 +53,36 @@ pub struct ClientInfo {
 }
 
 /// The guard's answer for one statement.
-pub enum Verdict<S> {
+pub enum Verdict<S, H> {
     /// Forward it; `S` comes back with the outcome.
     Allow(S),
     /// Refuse it with this message (SQLSTATE 42501); already audited.
     Deny(String),
+    /// It needs a human decision first: see [`Guard::hold`].
+    Hold(H),
+}
+
+/// The final answer for a held statement.
+pub enum Resolved<S> {
+    /// Approved: forward it.
+    Allow(S),
+    /// Refused (SQLSTATE 42501), with the reason.
+    Deny(String),
+    /// The client cancelled while waiting (SQLSTATE 57014).
+    Cancelled(String),
+}
+
+/// What happens right after a statement is held.
+pub enum Held<S, W> {
+    /// Decided at once (a deferred-mode grant, or a refusal).
+    Now(Resolved<S>),
+    /// Approvers must decide; tell the client `notice` and wait.
+    Waiting {
+        /// Sent to the client as a NoticeResponse right away.
+        notice: String,
+        /// Handle for [`Guard::await_decision`] and [`Guard::withdraw`].
+        waiting: W,
+    },
 }
 
 /// What happened to an allowed statement, reported when its response ends.
@@ -142,6 +167,10 @@ pub trait Guard: Send + Sync + 'static {
     type ColumnRule: Copy + Send + Sync + 'static;
     /// Records a session for replay.
     type Recorder: SessionRecorder;
+    /// A statement that needs approval.
+    type Hold: Send;
+    /// A statement waiting for approvers.
+    type Waiting: Send + Sync;
 
     /// Validates the token the client sent as its password. `Err` holds the
     /// reason shown to the client (never the token); the attempt is audited.
@@ -169,7 +198,23 @@ pub trait Guard: Send + Sync + 'static {
         session: &mut Self::Session,
         sql: &str,
         protocol: Protocol,
-    ) -> Verdict<Self::Statement>;
+    ) -> Verdict<Self::Statement, Self::Hold>;
+
+    /// Asks for approval of a held statement (creates the request, or finds
+    /// a live grant in deferred mode).
+    fn hold(
+        &self,
+        hold: Self::Hold,
+    ) -> impl Future<Output = Held<Self::Statement, Self::Waiting>> + Send;
+
+    /// Waits for the approvers' decision (or expiry).
+    fn await_decision(
+        &self,
+        waiting: &Self::Waiting,
+    ) -> impl Future<Output = Resolved<Self::Statement>> + Send;
+
+    /// Withdraws a request whose agent cancelled or went away.
+    fn withdraw(&self, waiting: Self::Waiting, reason: &str) -> impl Future<Output = ()> + Send;
 
     /// Records the outcome of an allowed statement.
     fn completed(&self, statement: &Self::Statement, outcome: &Outcome);

@@ -29,7 +29,8 @@ use super::cancel::{self, CancelTarget};
 use super::catalog::{Catalog, CatalogError};
 use super::codec::{self, Report};
 use super::guard::{
-    ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionRecorder, SessionSummary, Verdict,
+    ColumnOutput, Guard, Held, Outcome, Protocol, Resolved, RowLimits, SessionRecorder,
+    SessionSummary, Verdict,
 };
 use super::messages;
 use super::stream::{MessageReader, ReadError, Stream};
@@ -52,8 +53,8 @@ pub struct RelayContext<'a, G: Guard> {
 enum Pending<S> {
     /// Simple query; its response ends at ReadyForQuery.
     Query(Box<Running<S>>),
-    /// Parse; `denied` holds the denial message if it was replaced.
-    Parse { denied: Option<String> },
+    /// Parse; `denied` holds the denial if it was replaced.
+    Parse { denied: Option<Denial> },
     /// A Describe the sidecar added after Parse, to learn the result columns;
     /// its response is not forwarded.
     InternalDescribe { name: Vec<u8> },
@@ -79,10 +80,34 @@ enum Pending<S> {
     Probe,
 }
 
+/// Why a statement was not forwarded, as the client is told.
+#[derive(Clone)]
+struct Denial {
+    code: &'static str,
+    message: String,
+}
+
+impl Denial {
+    fn denied(message: String) -> Self {
+        Self {
+            code: "42501",
+            message,
+        }
+    }
+}
+
+/// A statement after its decision (and approval, if it needed one).
+enum Settled<S> {
+    Forward(S),
+    Refuse(Denial),
+    /// The client went away while its statement waited for approvers.
+    ClientGone,
+}
+
 /// Bookkeeping of one statement whose rows are flowing.
 struct Running<S> {
     statement: Option<Arc<S>>,
-    denied: Option<String>,
+    denied: Option<Denial>,
     started: Instant,
     overhead: Duration,
     rows: u64,
@@ -95,7 +120,7 @@ struct Running<S> {
 impl<S> Running<S> {
     fn new(
         statement: Option<Arc<S>>,
-        denied: Option<String>,
+        denied: Option<Denial>,
         started: Instant,
         overhead: Duration,
     ) -> Self {
@@ -182,6 +207,7 @@ pub async fn run<G: Guard>(
             &ctx,
             &shared,
             &released,
+            &client_writer,
             client_reader,
             &server_writer,
             &mut session,
@@ -301,6 +327,7 @@ async fn frontend<G: Guard>(
     ctx: &RelayContext<'_, G>,
     shared: &SharedOf<G>,
     released: &Notify,
+    client_writer: &tokio::sync::Mutex<WriteHalf<Stream>>,
     mut client: MessageReader<ReadHalf<Stream>>,
     server: &tokio::sync::Mutex<WriteHalf<Stream>>,
     session: &mut G::Session,
@@ -319,13 +346,10 @@ async fn frontend<G: Guard>(
     loop {
         let msg = match client.next().await {
             Ok(m) => m,
+            // The client went away without Terminate: end the server
+            // session too.
             Err(ReadError::Closed | ReadError::Truncated) => {
-                // The client went away without Terminate: end the server
-                // session too.
-                out.clear();
-                codec::write_message(&mut out, b'X', |_| {});
-                let _ = server.lock().await.write_all(&out).await;
-                return Ok(());
+                return terminate(server, &mut out).await;
             }
             Err(e) => return Err(e.into()),
         };
@@ -338,8 +362,20 @@ async fn frontend<G: Guard>(
                     .map_err(|_| RelayError::Protocol("query text is not valid UTF-8".into()))?;
                 summary.statements += 1;
                 shared.lock().expect("relay state").record(|r| r.query(sql));
-                match guard.decide(session, sql, Protocol::Simple) {
-                    Verdict::Allow(s) => {
+                let verdict = guard.decide(session, sql, Protocol::Simple);
+                let settled = settle(
+                    ctx,
+                    shared,
+                    released,
+                    &mut client,
+                    client_writer,
+                    server,
+                    &mut out,
+                    verdict,
+                )
+                .await?;
+                match settled {
+                    Settled::Forward(s) => {
                         push(Pending::Query(Box::new(Running::new(
                             Some(Arc::new(s)),
                             None,
@@ -348,16 +384,17 @@ async fn frontend<G: Guard>(
                         ))));
                         out.extend_from_slice(&msg);
                     }
-                    Verdict::Deny(message) => {
+                    Settled::Refuse(denial) => {
                         summary.denied += 1;
                         push(Pending::Query(Box::new(Running::new(
                             None,
-                            Some(message),
+                            Some(denial),
                             t0,
                             t0.elapsed(),
                         ))));
                         codec::query(&mut out, &format!("SELECT {marker}"));
                     }
+                    Settled::ClientGone => return terminate(server, &mut out).await,
                 }
             }
             b'P' => {
@@ -368,22 +405,35 @@ async fn frontend<G: Guard>(
                 let name = parse.name.to_vec();
                 summary.statements += 1;
                 shared.lock().expect("relay state").record(|r| r.query(sql));
-                match guard.decide(session, sql, Protocol::Extended) {
-                    Verdict::Allow(s) => {
+                let verdict = guard.decide(session, sql, Protocol::Extended);
+                let settled = settle(
+                    ctx,
+                    shared,
+                    released,
+                    &mut client,
+                    client_writer,
+                    server,
+                    &mut out,
+                    verdict,
+                )
+                .await?;
+                match settled {
+                    Settled::Forward(s) => {
                         statements.insert(name.clone(), Arc::new(s));
                         push(Pending::Parse { denied: None });
                         out.extend_from_slice(&msg);
                         push(Pending::InternalDescribe { name: name.clone() });
                         codec::describe(&mut out, b'S', &name);
                     }
-                    Verdict::Deny(message) => {
+                    Settled::Refuse(denial) => {
                         summary.denied += 1;
                         statements.remove(&name);
                         push(Pending::Parse {
-                            denied: Some(message),
+                            denied: Some(denial),
                         });
                         codec::parse(&mut out, &name, &format!("SELECT {marker}"));
                     }
+                    Settled::ClientGone => return terminate(server, &mut out).await,
                 }
             }
             b'B' => {
@@ -446,13 +496,13 @@ async fn frontend<G: Guard>(
                 summary.denied += 1;
                 let message = match guard.decide(session, "", Protocol::FunctionCall) {
                     Verdict::Deny(m) => m,
-                    Verdict::Allow(_) => {
+                    Verdict::Allow(_) | Verdict::Hold(_) => {
                         "cardgate: FunctionCall messages are not allowed".to_string()
                     }
                 };
                 push(Pending::Query(Box::new(Running::new(
                     None,
-                    Some(message),
+                    Some(Denial::denied(message)),
                     t0,
                     t0.elapsed(),
                 ))));
@@ -478,6 +528,77 @@ async fn frontend<G: Guard>(
             out.clear();
         }
     }
+}
+
+/// Ends the upstream session after the client left.
+async fn terminate(
+    server: &tokio::sync::Mutex<WriteHalf<Stream>>,
+    out: &mut BytesMut,
+) -> Result<(), RelayError> {
+    out.clear();
+    codec::write_message(out, b'X', |_| {});
+    let _ = server.lock().await.write_all(out).await;
+    Ok(())
+}
+
+/// Turns a verdict into what to do with the statement, waiting for
+/// approvers when it is held. Requests queued before a held statement are
+/// sent first, so the server answers them while the statement waits; the
+/// client is told at once which request to approve. A client that cancels
+/// or disconnects meanwhile withdraws the request.
+#[allow(clippy::too_many_arguments)]
+async fn settle<G: Guard>(
+    ctx: &RelayContext<'_, G>,
+    shared: &SharedOf<G>,
+    released: &Notify,
+    client: &mut MessageReader<ReadHalf<Stream>>,
+    client_writer: &tokio::sync::Mutex<WriteHalf<Stream>>,
+    server: &tokio::sync::Mutex<WriteHalf<Stream>>,
+    out: &mut BytesMut,
+    verdict: Verdict<G::Statement, G::Hold>,
+) -> Result<Settled<G::Statement>, RelayError> {
+    let guard = ctx.guard;
+    let hold = match verdict {
+        Verdict::Allow(s) => return Ok(Settled::Forward(s)),
+        Verdict::Deny(m) => return Ok(Settled::Refuse(Denial::denied(m))),
+        Verdict::Hold(h) => h,
+    };
+    if !out.is_empty() {
+        wait_until_released(shared, released).await;
+        server.lock().await.write_all(out).await?;
+        out.clear();
+    }
+    let resolved = match guard.hold(hold).await {
+        Held::Now(r) => r,
+        Held::Waiting { notice, waiting } => {
+            let mut note = BytesMut::with_capacity(64 + notice.len());
+            Report::notice(&notice).write(&mut note);
+            {
+                let mut w = client_writer.lock().await;
+                w.write_all(&note).await?;
+                w.flush().await?;
+            }
+            tokio::select! {
+                r = guard.await_decision(&waiting) => r,
+                () = ctx.cancel.interrupt.notified() => {
+                    guard.withdraw(waiting, "the client cancelled the statement").await;
+                    Resolved::Cancelled("canceling statement due to user request; the approval request was withdrawn".into())
+                }
+                _ = client.closed() => {
+                    guard.withdraw(waiting, "the client disconnected").await;
+                    return Ok(Settled::ClientGone);
+                }
+            }
+        }
+    };
+    Ok(match resolved {
+        Resolved::Allow(s) => Settled::Forward(s),
+        Resolved::Deny(m) => Settled::Refuse(Denial::denied(m)),
+        Resolved::Cancelled(m) => Settled::Refuse(Denial {
+            code: "57014",
+            message: m,
+        }),
+    })
 }
 
 /// Server → client state.
@@ -1150,7 +1271,7 @@ impl<G: Guard> Backend<'_, G> {
             guard.completed(st, &finish(&run, None));
         }
         match denial {
-            Some(message) if is_marker => Report::error("42501", &message).write(out),
+            Some(denial) if is_marker => Report::error(denial.code, &denial.message).write(out),
             _ => self.forward_report(msg, out),
         }
     }

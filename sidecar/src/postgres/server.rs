@@ -182,6 +182,7 @@ impl<G: Guard> TargetProxy<G> {
         let target = CancelTarget {
             upstream: Arc::clone(&self.upstream),
             key: upstream.key,
+            interrupt: Arc::new(tokio::sync::Notify::new()),
         };
         let key = self.cancels.register(target.clone());
         let mut out = BytesMut::with_capacity(512);
@@ -212,6 +213,7 @@ impl<G: Guard> TargetProxy<G> {
     async fn cancel(&self, pid: i32, secret: i32) {
         match self.cancels.lookup(pid, secret) {
             Some(target) => {
+                target.interrupt.notify_waiters();
                 if let Err(e) = cancel::send_cancel(&target).await {
                     tracing::warn!(error = %e, "forwarding a cancel request failed");
                 }

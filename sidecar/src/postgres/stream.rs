@@ -174,6 +174,23 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
+    /// Resolves when the peer closes the connection (or it fails), reading
+    /// ahead into the buffer meanwhile so nothing the peer sends is lost;
+    /// stops reading (and waits) once a whole maximum message is buffered.
+    pub async fn closed(&mut self) -> ReadError {
+        loop {
+            if self.buf.len() >= self.max {
+                return std::future::pending().await;
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.inner.read_buf(&mut self.buf).await {
+                Ok(0) => return ReadError::Closed,
+                Ok(_) => {}
+                Err(e) => return ReadError::Io(e),
+            }
+        }
+    }
+
     /// Whether a complete message is already buffered (so the caller can
     /// keep batching writes before it flushes).
     pub fn has_message(&self) -> bool {

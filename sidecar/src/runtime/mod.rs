@@ -53,10 +53,10 @@ pub struct Sidecar {
 pub async fn start(path: &Path) -> anyhow::Result<Sidecar> {
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = SidecarConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    start_with(config, &Sha256::digest(&text)).await
+    start_with(config, path, &Sha256::digest(&text)).await
 }
 
-async fn start_with(config: SidecarConfig, digest: &[u8]) -> anyhow::Result<Sidecar> {
+async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow::Result<Sidecar> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pod = PodIdentity::from_env();
     let metrics = Arc::new(Metrics::new());
@@ -107,6 +107,28 @@ async fn start_with(config: SidecarConfig, digest: &[u8]) -> anyhow::Result<Side
     }
     let recordings = Recordings::from_config(&config.audit, RecordingLimits::default())?
         .map(|r| r.with_failure_counter(metrics.recording_failures.clone()));
+    let approvals = match &config.approval {
+        Some(a) => Some(gate::Approvals {
+            store: crate::approval::Store::from_config(a)
+                .await
+                .context("cannot open the approval store")?,
+            settings: a.settings.clone(),
+            // The masking key when there is one (stable across restarts, so
+            // deferred grants survive them); otherwise a key of this process.
+            fingerprint_key: hmac_key
+                .clone()
+                .unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec()),
+            pod: pod.clone(),
+            approve_command: match &a.store.kubernetes {
+                Some(k) => format!("kubectl cardgate approve NAME -n {}", k.namespace),
+                None => format!(
+                    "cardgate-sidecar approvals --config {} approve NAME",
+                    path.display()
+                ),
+            },
+        }),
+        None => None,
+    };
     let shared = Arc::new(gate::Shared {
         policy: config.policy.clone(),
         policy_label,
@@ -121,6 +143,7 @@ async fn start_with(config: SidecarConfig, digest: &[u8]) -> anyhow::Result<Side
             max_rows: config.limits.max_rows.and_then(|n| u64::try_from(n).ok()),
             max_bytes: config.limits.max_bytes.and_then(|n| u64::try_from(n).ok()),
         },
+        approvals,
     });
 
     let client_tls = match &config.proxy.client_tls {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use cardgate_e2e::pg::{PROXY_PASSWORD, PROXY_USER, Postgres};
 use cardgate_sidecar::postgres::cancel::CancelRegistry;
 use cardgate_sidecar::postgres::guard::{
-    ClientInfo, ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionRecorder, SessionSummary,
-    Verdict,
+    ClientInfo, ColumnOutput, Guard, Held, Outcome, Protocol, Resolved, RowLimits, SessionRecorder,
+    SessionSummary, Verdict,
 };
 use cardgate_sidecar::postgres::server::TargetProxy;
 use cardgate_sidecar::postgres::upstream::{Credential, UpstreamSettings};
@@ -79,6 +79,8 @@ impl Guard for FixedGuard {
     type Statement = String;
     type ColumnRule = ();
     type Recorder = Transcript;
+    type Hold = String;
+    type Waiting = ();
 
     async fn authenticate(&self, token: &str, client: &ClientInfo) -> Result<FixedSession, String> {
         if token == TOKEN {
@@ -105,7 +107,12 @@ impl Guard for FixedGuard {
         Some(format!("connected as {}", s.subject))
     }
 
-    fn decide(&self, _s: &mut FixedSession, sql: &str, protocol: Protocol) -> Verdict<String> {
+    fn decide(
+        &self,
+        _s: &mut FixedSession,
+        sql: &str,
+        protocol: Protocol,
+    ) -> Verdict<String, String> {
         if protocol == Protocol::FunctionCall || sql.to_ascii_uppercase().contains("DROP") {
             self.log(format!("deny {sql}"));
             Verdict::Deny(format!(
@@ -116,6 +123,16 @@ impl Guard for FixedGuard {
             Verdict::Allow(sql.to_string())
         }
     }
+
+    async fn hold(&self, sql: String) -> Held<String, ()> {
+        Held::Now(Resolved::Deny(format!("no approvals here: {sql}")))
+    }
+
+    async fn await_decision(&self, _waiting: &()) -> Resolved<String> {
+        Resolved::Deny("no approvals here".into())
+    }
+
+    async fn withdraw(&self, _waiting: (), _reason: &str) {}
 
     fn completed(&self, statement: &String, outcome: &Outcome) {
         self.outcomes

@@ -39,6 +39,12 @@ impl Running {
             DevKey::from_pem(&std::fs::read_to_string(dir.join("dev-signing-key.pem")).unwrap())
                 .unwrap();
         std::fs::write(dir.join("upstream-password"), format!("{PROXY_PASSWORD}\n")).unwrap();
+        std::fs::create_dir(dir.join("approvals")).unwrap();
+        std::fs::set_permissions(
+            dir.join("approvals"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let config = format!(
             r#"
 apiVersion: cardgate.dev/v1alpha1
