@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod audit;
 pub mod identity;
+pub mod intercept;
 pub mod masking;
 pub mod policy;
 pub mod postgres;

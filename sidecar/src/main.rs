@@ -40,6 +40,9 @@ enum Command {
         #[command(subcommand)]
         command: cardgate_sidecar::identity::dev::DevCommand,
     },
+    /// Program the pod's network namespace for transparent interception
+    /// (run by the `cardgate-init` init container, which has NET_ADMIN).
+    Init(cardgate_sidecar::intercept::InitArgs),
     /// Show a recorded session the way psql showed it, at the recorded pace.
     Replay {
         /// The recording (a `.jsonl` file from `audit.recordingsDir`).
@@ -142,6 +145,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Init(args) => {
+            cardgate_sidecar::intercept::run(&args, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Mask(args) => {
             cardgate_sidecar::masking::cli::run(
