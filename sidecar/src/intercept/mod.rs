@@ -199,7 +199,11 @@ fn cleanup(dry_run: bool, out: &mut impl Write) -> Result<(), InitError> {
 fn restore(backend: Backend, family: Family, text: &str) -> Result<(), InitError> {
     let program = backend.program(family, "restore");
     let fail = |e: String| InitError::Iptables(format!("{program}: {e}"));
-    let mut child = Command::new(&program)
+    let mut command = Command::new(&program);
+    if std::env::var_os(LOCK_ENV).is_none() && !lock_file_writable() {
+        command.env(LOCK_ENV, PRIVATE_LOCK_FILE);
+    }
+    let mut child = command
         .args(["--noflush", "--wait=10"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -220,6 +224,24 @@ fn restore(backend: Backend, family: Family, text: &str) -> Result<(), InitError
         )));
     }
     Ok(())
+}
+
+/// iptables-legacy serialises writers with a lock file, `/run/xtables.lock`
+/// unless this variable names another. The lock only coordinates processes
+/// that see the same file, i.e. share a mount namespace, and the init
+/// container's is its own; with a read-only root filesystem the default
+/// cannot even be created, so a private file on the writable `/dev/shm` is
+/// used instead and nothing is lost.
+const LOCK_ENV: &str = "XTABLES_LOCKFILE";
+const DEFAULT_LOCK_FILE: &str = "/run/xtables.lock";
+const PRIVATE_LOCK_FILE: &str = "/dev/shm/cardgate-xtables.lock";
+
+fn lock_file_writable() -> bool {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(DEFAULT_LOCK_FILE)
+        .is_ok()
 }
 
 /// Checks that what the kernel now holds has as many rules in our chains as
