@@ -6,9 +6,11 @@
 
 pub mod admin;
 pub mod audit;
+pub mod gate;
 pub mod identity;
 pub mod intercept;
 pub mod masking;
 pub mod policy;
 pub mod postgres;
 pub mod recording;
+pub mod runtime;

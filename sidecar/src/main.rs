@@ -18,6 +18,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the proxy: serve every target of the configuration, write the
+    /// audit trail, expose /metrics, /healthz and /readyz.
+    Run {
+        /// The configuration file (YAML or JSON).
+        #[arg(long, short, env = "CARDGATE_CONFIG", default_value = cardgate_crds::pod::CONFIG_FILE)]
+        config: PathBuf,
+        /// Log format on stderr: json (for pods) or text.
+        #[arg(long, env = "CARDGATE_LOG_FORMAT", default_value = "json")]
+        log_format: LogFormat,
+    },
     /// Work with sidecar configuration files.
     Config {
         #[command(subcommand)]
@@ -104,8 +114,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Format of the sidecar's own logs (stderr; stdout carries audit records).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CARDGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config, log_format } => {
+            init_logs(log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(cardgate_sidecar::runtime::run(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check(args) => Ok(cardgate_sidecar::policy::check::run(&args)),
         Command::Config {
             command: ConfigCommand::Check { config, quiet },

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use cardgate_crds::audit::{AuditRecord, Chain, EventKind, Origin, Outcome};
 use cardgate_crds::config::{AuditConfig, AuditSinkType, FsyncPolicy};
-use cardgate_crds::pod;
 
 use crate::admin::AuditMetrics;
 use collector::Endpoint;
@@ -417,31 +416,4 @@ fn prepare(
         }
     }
     Ok(out)
-}
-
-/// The sidecar's base origin: component `sidecar` and the pod identity from
-/// the downward-API environment (or the host name outside a pod).
-pub fn sidecar_origin() -> Origin {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let pod_name = env(pod::ENV_POD_NAME);
-    let host = if pod_name.is_none() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .or_else(|| env("HOSTNAME"))
-    } else {
-        None
-    };
-    Origin {
-        component: "sidecar".into(),
-        namespace: env(pod::ENV_POD_NAMESPACE),
-        pod: pod_name,
-        pod_uid: env(pod::ENV_POD_UID),
-        service_account: env(pod::ENV_POD_SERVICE_ACCOUNT),
-        node: env(pod::ENV_NODE_NAME),
-        host,
-        client: None,
-        session: None,
-    }
 }

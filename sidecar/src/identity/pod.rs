@@ -62,9 +62,24 @@ impl PodIdentity {
             pod_uid: self.pod_uid.clone(),
             service_account: self.service_account.clone(),
             node: self.node.clone(),
+            // Outside a pod, the host names where the records come from.
+            host: if self.pod.is_none() {
+                host_name()
+            } else {
+                None
+            },
             ..Origin::default()
         }
     }
+}
+
+/// This machine's host name, for records written outside Kubernetes.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
 }
 
 #[cfg(test)]

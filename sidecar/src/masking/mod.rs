@@ -346,6 +346,12 @@ impl Masker {
         }
     }
 
+    /// Whether any column rule exists, so the data path can skip resolving
+    /// result column names when none could apply.
+    pub fn has_column_rules(&self) -> bool {
+        !self.columns.is_empty()
+    }
+
     /// Column rules, resolved once per result set (e.g. from a
     /// RowDescription): the first rule, in configuration order, whose
     /// column pattern matches `schema.table.column`.

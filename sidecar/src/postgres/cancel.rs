@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec;
 use super::upstream::{UpstreamError, UpstreamSettings};
@@ -87,13 +87,19 @@ impl Drop for KeyGuard {
     }
 }
 
-/// Sends a CancelRequest for `target` on a new upstream connection.
+/// Sends a CancelRequest for `target` on a new upstream connection and
+/// returns once the server has acted on it (it closes the connection after
+/// signalling the session), or after a few seconds.
 pub async fn send_cancel(target: &CancelTarget) -> Result<(), UpstreamError> {
     let mut stream = target.upstream.open_stream().await?;
     let mut buf = BytesMut::with_capacity(16);
     codec::cancel_request(&mut buf, target.key.0, target.key.1);
     stream.write_all(&buf).await?;
     stream.flush().await?;
-    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
     Ok(())
 }

@@ -113,6 +113,24 @@ pub struct RowLimits {
     pub max_bytes: Option<u64>,
 }
 
+/// Receives the session's exchange as the client sees it (already masked),
+/// for a replayable recording. Called from the relay's hot path: cheap, and
+/// never failing the session.
+pub trait SessionRecorder: Send + 'static {
+    /// A statement string from the client (raw; the recorder masks it).
+    fn query(&mut self, sql: &str);
+    /// Result columns (name, type OID) of a result about to stream.
+    fn columns(&mut self, columns: &[(&[u8], u32)]);
+    /// One DataRow body as forwarded (masked).
+    fn row(&mut self, body: &[u8]);
+    /// A command tag (`SELECT 5`).
+    fn complete(&mut self, tag: &[u8]);
+    /// An ErrorResponse (`error`) or NoticeResponse body as forwarded.
+    fn report(&mut self, error: bool, body: &[u8]);
+    /// The session went idle (ReadyForQuery): a good moment to flush.
+    fn idle(&mut self);
+}
+
 /// Everything the data path asks of the rest of the sidecar.
 pub trait Guard: Send + Sync + 'static {
     /// Per-connection state (identity, prepared statements); owned by the
@@ -122,6 +140,8 @@ pub trait Guard: Send + Sync + 'static {
     type Statement: Send + Sync + 'static;
     /// A resolved column masking rule.
     type ColumnRule: Copy + Send + Sync + 'static;
+    /// Records a session for replay.
+    type Recorder: SessionRecorder;
 
     /// Validates the token the client sent as its password. `Err` holds the
     /// reason shown to the client (never the token); the attempt is audited.
@@ -135,8 +155,13 @@ pub trait Guard: Send + Sync + 'static {
     /// (malformed startup, refused parameters, upstream unavailable…).
     fn refused(&self, client: &ClientInfo, reason: &str);
 
-    /// Records that the session is established upstream.
-    fn session_started(&self, session: &Self::Session);
+    /// Records that the session is established upstream; returns the
+    /// session's recorder when recordings are on.
+    fn session_started(&self, session: &Self::Session) -> Option<Self::Recorder>;
+
+    /// A notice for the client once it is connected (who it is, which
+    /// policy applies), so agents and people see their identity.
+    fn greeting(&self, session: &Self::Session) -> Option<String>;
 
     /// Decides one statement string.
     fn decide(

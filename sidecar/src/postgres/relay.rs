@@ -23,11 +23,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
 
 use super::cancel::{self, CancelTarget};
 use super::catalog::{Catalog, CatalogError};
 use super::codec::{self, Report};
-use super::guard::{ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionSummary, Verdict};
+use super::guard::{
+    ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionRecorder, SessionSummary, Verdict,
+};
 use super::messages;
 use super::stream::{MessageReader, ReadError, Stream};
 
@@ -71,6 +74,9 @@ enum Pending<S> {
     Close,
     /// Sync; its ReadyForQuery ends the batch.
     Sync,
+    /// The sidecar's own `SELECT 1` after a cancel; nothing of its response
+    /// reaches the client.
+    Probe,
 }
 
 /// Bookkeeping of one statement whose rows are flowing.
@@ -118,11 +124,31 @@ struct ColumnPlan<R> {
 type Plan<R> = Arc<[ColumnPlan<R>]>;
 
 /// State shared by the two directions (same task; never held across await).
-struct Shared<S> {
+struct Shared<S, R> {
     pending: VecDeque<Pending<S>>,
+    recorder: Option<R>,
+    /// The frontend must not forward anything (see `Backend::cancel_requested`).
+    hold: bool,
+    /// Requests at the end of `pending` the frontend queued but has not
+    /// sent yet; a probe goes before them.
+    unsent: usize,
 }
 
+impl<S, R: SessionRecorder> Shared<S, R> {
+    fn record(&mut self, f: impl FnOnce(&mut R)) {
+        if let Some(r) = self.recorder.as_mut() {
+            f(r);
+        }
+    }
+}
+
+/// The shared state of a session of guard `G`.
+type SharedOf<G> = Mutex<Shared<<G as Guard>::Statement, <G as Guard>::Recorder>>;
+
 const MARKER_PREFIX: &str = "cardgate_denied_";
+
+/// How long responses still flow to a client after its Terminate.
+const DRAIN_AFTER_TERMINATE: Duration = Duration::from_secs(5);
 
 /// Runs the session until either side ends; returns the session summary.
 pub async fn run<G: Guard>(
@@ -130,6 +156,7 @@ pub async fn run<G: Guard>(
     client: MessageReader<Stream>,
     server: MessageReader<Stream>,
     mut session: G::Session,
+    recorder: Option<G::Recorder>,
 ) -> SessionSummary {
     let started = Instant::now();
     let marker = format!("{MARKER_PREFIX}{}", random_letters(16));
@@ -139,26 +166,48 @@ pub async fn run<G: Guard>(
     let (sr, sw) = tokio::io::split(server_stream);
     let client_reader = MessageReader::from_parts(cr, client_buf, ctx.max_message);
     let server_reader = MessageReader::from_parts(sr, server_buf, ctx.max_message);
-    let shared = Mutex::new(Shared {
+    let shared: SharedOf<G> = Mutex::new(Shared {
         pending: VecDeque::new(),
+        recorder,
+        hold: false,
+        unsent: 0,
     });
+    let released = Notify::new();
     let client_writer = tokio::sync::Mutex::new(cw);
+    let server_writer = tokio::sync::Mutex::new(sw);
     let mut summary = SessionSummary::default();
 
-    let front = frontend(
-        &ctx,
-        &shared,
-        &client_writer,
-        client_reader,
-        sw,
-        &mut session,
-        &marker,
-        &mut summary,
-    );
-    let back = backend(&ctx, &shared, &client_writer, server_reader, &marker);
-    let end = tokio::select! {
-        r = front => End::Client(r),
-        r = back => End::Server(r),
+    let end = {
+        let front = frontend(
+            &ctx,
+            &shared,
+            &released,
+            client_reader,
+            &server_writer,
+            &mut session,
+            &marker,
+            &mut summary,
+        );
+        let back = backend(
+            &ctx,
+            &shared,
+            &released,
+            &client_writer,
+            &server_writer,
+            server_reader,
+            &marker,
+        );
+        tokio::pin!(front, back);
+        let end = tokio::select! {
+            r = &mut front => End::Client(r),
+            r = &mut back => End::Server(r),
+        };
+        if let End::Client(Ok(())) = end {
+            // The client sent Terminate (or went away): deliver what the
+            // server still answers to requests sent before, until it closes.
+            let _ = tokio::time::timeout(DRAIN_AFTER_TERMINATE, &mut back).await;
+        }
+        end
     };
     match end {
         End::Client(Ok(())) => {}
@@ -180,12 +229,12 @@ pub async fn run<G: Guard>(
         }
     }
     // Statements still in flight never completed.
-    let leftover: Vec<Pending<G::Statement>> = shared
-        .lock()
-        .expect("relay state")
-        .pending
-        .drain(..)
-        .collect();
+    let (leftover, recorder): (Vec<Pending<G::Statement>>, _) = {
+        let mut s = shared.lock().expect("relay state");
+        (s.pending.drain(..).collect(), s.recorder.take())
+    };
+    // The recording ends with the session.
+    drop(recorder);
     for p in leftover {
         if let Pending::Query(run) | Pending::Execute { run, .. } = p
             && let Some(s) = &run.statement
@@ -250,10 +299,10 @@ async fn write_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str
 #[allow(clippy::too_many_arguments)]
 async fn frontend<G: Guard>(
     ctx: &RelayContext<'_, G>,
-    shared: &Mutex<Shared<G::Statement>>,
-    _client_writer: &tokio::sync::Mutex<WriteHalf<Stream>>,
+    shared: &SharedOf<G>,
+    released: &Notify,
     mut client: MessageReader<ReadHalf<Stream>>,
-    mut server: WriteHalf<Stream>,
+    server: &tokio::sync::Mutex<WriteHalf<Stream>>,
     session: &mut G::Session,
     marker: &str,
     summary: &mut SessionSummary,
@@ -262,7 +311,11 @@ async fn frontend<G: Guard>(
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut statements: HashMap<Vec<u8>, Arc<G::Statement>> = HashMap::new();
     let mut portals: HashMap<Vec<u8>, Arc<G::Statement>> = HashMap::new();
-    let push = |p: Pending<G::Statement>| shared.lock().expect("relay state").pending.push_back(p);
+    let push = |p: Pending<G::Statement>| {
+        let mut s = shared.lock().expect("relay state");
+        s.pending.push_back(p);
+        s.unsent += 1;
+    };
     loop {
         let msg = match client.next().await {
             Ok(m) => m,
@@ -271,7 +324,7 @@ async fn frontend<G: Guard>(
                 // session too.
                 out.clear();
                 codec::write_message(&mut out, b'X', |_| {});
-                let _ = server.write_all(&out).await;
+                let _ = server.lock().await.write_all(&out).await;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -284,6 +337,7 @@ async fn frontend<G: Guard>(
                 let sql = std::str::from_utf8(sql)
                     .map_err(|_| RelayError::Protocol("query text is not valid UTF-8".into()))?;
                 summary.statements += 1;
+                shared.lock().expect("relay state").record(|r| r.query(sql));
                 match guard.decide(session, sql, Protocol::Simple) {
                     Verdict::Allow(s) => {
                         push(Pending::Query(Box::new(Running::new(
@@ -313,6 +367,7 @@ async fn frontend<G: Guard>(
                 })?;
                 let name = parse.name.to_vec();
                 summary.statements += 1;
+                shared.lock().expect("relay state").record(|r| r.query(sql));
                 match guard.decide(session, sql, Protocol::Extended) {
                     Verdict::Allow(s) => {
                         statements.insert(name.clone(), Arc::new(s));
@@ -405,8 +460,9 @@ async fn frontend<G: Guard>(
             }
             b'X' => {
                 out.extend_from_slice(&msg);
-                server.write_all(&out).await?;
-                server.flush().await?;
+                let mut w = server.lock().await;
+                w.write_all(&out).await?;
+                w.flush().await?;
                 return Ok(());
             }
             other => {
@@ -417,7 +473,8 @@ async fn frontend<G: Guard>(
             }
         }
         if !client.has_message() {
-            server.write_all(&out).await?;
+            wait_until_released(shared, released).await;
+            server.lock().await.write_all(&out).await?;
             out.clear();
         }
     }
@@ -426,6 +483,10 @@ async fn frontend<G: Guard>(
 /// Server → client state.
 struct Backend<'a, G: Guard> {
     ctx: &'a RelayContext<'a, G>,
+    /// A statement exceeded its limits: cancel it before reading on.
+    cancel_requested: bool,
+    /// The held response ended: send the probe that absorbs a late cancel.
+    probe_needed: bool,
     limits: RowLimits,
     marker: &'a str,
     statement_plans: HashMap<Vec<u8>, Vec<OwnedColumn>>,
@@ -450,8 +511,10 @@ struct OwnedColumn {
 
 async fn backend<G: Guard>(
     ctx: &RelayContext<'_, G>,
-    shared: &Mutex<Shared<G::Statement>>,
+    shared: &SharedOf<G>,
+    released: &Notify,
     client_writer: &tokio::sync::Mutex<WriteHalf<Stream>>,
+    server_writer: &tokio::sync::Mutex<WriteHalf<Stream>>,
     mut server: MessageReader<ReadHalf<Stream>>,
     marker: &str,
 ) -> Result<(), RelayError> {
@@ -464,6 +527,8 @@ async fn backend<G: Guard>(
         current: None,
         suppress: false,
         batch_failed: false,
+        cancel_requested: false,
+        probe_needed: false,
         scratch: Vec::with_capacity(1024),
         row: Vec::with_capacity(4096),
     };
@@ -480,10 +545,48 @@ async fn backend<G: Guard>(
                 return Err(e.into());
             }
         };
-        b.handle(shared, msg, &mut out).await?;
+        b.handle(shared, released, msg, &mut out).await?;
+        if std::mem::take(&mut b.cancel_requested) {
+            // Waits until the server has taken the request (it closes the
+            // cancel connection), while the client's next requests are held.
+            if let Err(e) = cancel::send_cancel(&ctx.cancel).await {
+                tracing::warn!(error = %e, "could not cancel a statement that exceeded its limits");
+            }
+        }
+        if std::mem::take(&mut b.probe_needed) {
+            // The cancel may still be pending in the server if the statement
+            // finished first; a probe of our own absorbs it before the
+            // client's next statement is released.
+            {
+                let mut s = shared.lock().expect("relay state");
+                let at = s.pending.len() - s.unsent;
+                s.pending.insert(at, Pending::Probe);
+            }
+            let mut probe = BytesMut::with_capacity(32);
+            codec::query(&mut probe, "SELECT 1");
+            server_writer.lock().await.write_all(&probe).await?;
+        }
         if !server.has_message() || out.len() > 256 * 1024 {
             flush(client_writer, &mut out).await?;
         }
+    }
+}
+
+/// Waits while the backend holds the client's requests back, then commits
+/// the requests queued so far as sent (before any probe the backend adds).
+async fn wait_until_released<S, R>(shared: &Mutex<Shared<S, R>>, released: &Notify) {
+    loop {
+        let notified = released.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut s = shared.lock().expect("relay state");
+            if !s.hold {
+                s.unsent = 0;
+                return;
+            }
+        }
+        notified.await;
     }
 }
 
@@ -516,13 +619,25 @@ fn finish<S>(run: &Running<S>, extra: Option<Duration>) -> Outcome {
 impl<G: Guard> Backend<'_, G> {
     async fn handle(
         &mut self,
-        shared: &Mutex<Shared<G::Statement>>,
+        shared: &SharedOf<G>,
+        released: &Notify,
         msg: BytesMut,
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
         let tag = msg[0];
         let body = &msg[codec::HEADER..];
         let guard = self.ctx.guard;
+        {
+            let mut s = shared.lock().expect("relay state");
+            if matches!(s.pending.front(), Some(Pending::Probe)) {
+                if tag == b'Z' {
+                    s.pending.pop_front();
+                    s.hold = false;
+                    released.notify_waiters();
+                }
+                return Ok(());
+            }
+        }
         if self.suppress && tag != b'Z' {
             self.account_suppressed(shared, tag, body);
             return Ok(());
@@ -539,6 +654,7 @@ impl<G: Guard> Backend<'_, G> {
                     })
                     .collect();
                 let formats: Vec<i16> = cols.iter().map(|c| c.format).collect();
+                let names: Vec<(&[u8], u32)> = cols.iter().map(|c| (c.name, c.type_oid)).collect();
                 let head = {
                     let s = shared.lock().expect("relay state");
                     match s.pending.front() {
@@ -566,6 +682,10 @@ impl<G: Guard> Backend<'_, G> {
                         match plan {
                             Ok(p) => {
                                 self.portals.insert(name, p);
+                                shared
+                                    .lock()
+                                    .expect("relay state")
+                                    .record(|r| r.columns(&names));
                                 out.extend_from_slice(&msg);
                             }
                             Err(e) => self.inject_error(shared, out, "58000", &e.to_string()),
@@ -574,6 +694,10 @@ impl<G: Guard> Backend<'_, G> {
                     Head::Result => match self.plan(&owned, &formats).await {
                         Ok(p) => {
                             self.current = Some(p);
+                            shared
+                                .lock()
+                                .expect("relay state")
+                                .record(|r| r.columns(&names));
                             out.extend_from_slice(&msg);
                         }
                         Err(e) => self.inject_error(shared, out, "58000", &e.to_string()),
@@ -655,6 +779,9 @@ impl<G: Guard> Backend<'_, G> {
                 let t0 = Instant::now();
                 let done = {
                     let mut s = shared.lock().expect("relay state");
+                    if tag == b'C' {
+                        s.record(|r| r.complete(body.strip_suffix(&[0]).unwrap_or(body)));
+                    }
                     match s.pending.front_mut() {
                         Some(Pending::Query(run)) => {
                             if let Some(r) = rows
@@ -686,8 +813,21 @@ impl<G: Guard> Backend<'_, G> {
                 }
                 out.extend_from_slice(&msg);
             }
-            b'E' => self.error_response(shared, &msg, out),
-            b'N' => self.forward_report(&msg, out),
+            b'E' | b'N' => {
+                let start = out.len();
+                if tag == b'E' {
+                    self.error_response(shared, &msg, out);
+                } else {
+                    self.forward_report(&msg, out);
+                }
+                if out.len() > start + codec::HEADER {
+                    let written = &out[start + codec::HEADER..];
+                    shared
+                        .lock()
+                        .expect("relay state")
+                        .record(|r| r.report(tag == b'E', written));
+                }
+            }
             b'A' => {
                 let (pid, channel, payload) = messages::notification(body)?;
                 self.scratch.clear();
@@ -706,6 +846,7 @@ impl<G: Guard> Backend<'_, G> {
             }
             b'Z' => {
                 self.ready_for_query(shared);
+                shared.lock().expect("relay state").record(|r| r.idle());
                 out.extend_from_slice(&msg);
             }
             b'S' | b'G' | b'H' | b'c' | b'W' | b'V' => out.extend_from_slice(&msg),
@@ -719,7 +860,7 @@ impl<G: Guard> Backend<'_, G> {
         Ok(())
     }
 
-    fn pop(&mut self, shared: &Mutex<Shared<G::Statement>>) -> Option<Pending<G::Statement>> {
+    fn pop(&mut self, shared: &SharedOf<G>) -> Option<Pending<G::Statement>> {
         shared.lock().expect("relay state").pending.pop_front()
     }
 
@@ -753,7 +894,7 @@ impl<G: Guard> Backend<'_, G> {
 
     fn running<'s>(
         &self,
-        s: &'s mut Shared<G::Statement>,
+        s: &'s mut Shared<G::Statement, G::Recorder>,
     ) -> Option<&'s mut Running<G::Statement>> {
         match s.pending.front_mut() {
             Some(Pending::Query(run)) | Some(Pending::Execute { run, .. }) => Some(run),
@@ -763,7 +904,7 @@ impl<G: Guard> Backend<'_, G> {
 
     fn data_row(
         &mut self,
-        shared: &Mutex<Shared<G::Statement>>,
+        shared: &SharedOf<G>,
         msg: &BytesMut,
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
@@ -808,19 +949,19 @@ impl<G: Guard> Backend<'_, G> {
                 self.ctx.guard.policy_name()
             );
             self.inject_error(shared, out, "54000", &message);
-            let target = self.ctx.cancel.clone();
-            tokio::spawn(async move {
-                if let Err(e) = cancel::send_cancel(&target).await {
-                    tracing::warn!(error = %e, "could not cancel a statement that exceeded its limits");
-                }
-            });
+            // Hold the client's next requests until this response has ended:
+            // a cancel that arrives late must find the server idle (where it
+            // is ignored), never running the next statement.
+            shared.lock().expect("relay state").hold = true;
+            self.cancel_requested = true;
             return Ok(());
         }
-        if masked_row.is_some() {
-            out.extend_from_slice(&self.row);
-        } else {
-            out.extend_from_slice(msg);
-        }
+        let forwarded: &[u8] = if masked_row.is_some() { &self.row } else { msg };
+        shared
+            .lock()
+            .expect("relay state")
+            .record(|r| r.row(&forwarded[codec::HEADER..]));
+        out.extend_from_slice(forwarded);
         Ok(())
     }
 
@@ -937,12 +1078,7 @@ impl<G: Guard> Backend<'_, G> {
         Action::Keep
     }
 
-    fn copy_data(
-        &mut self,
-        shared: &Mutex<Shared<G::Statement>>,
-        msg: &BytesMut,
-        out: &mut BytesMut,
-    ) {
+    fn copy_data(&mut self, shared: &SharedOf<G>, msg: &BytesMut, out: &mut BytesMut) {
         let t0 = Instant::now();
         self.scratch.clear();
         let masked = self
@@ -971,12 +1107,7 @@ impl<G: Guard> Backend<'_, G> {
         }
     }
 
-    fn error_response(
-        &mut self,
-        shared: &Mutex<Shared<G::Statement>>,
-        msg: &BytesMut,
-        out: &mut BytesMut,
-    ) {
+    fn error_response(&mut self, shared: &SharedOf<G>, msg: &BytesMut, out: &mut BytesMut) {
         let guard = self.ctx.guard;
         let fields = messages::report_fields(&msg[codec::HEADER..]).unwrap_or_default();
         let field = |code: u8| fields.iter().find(|(k, _)| *k == code).map(|(_, v)| *v);
@@ -1065,7 +1196,7 @@ impl<G: Guard> Backend<'_, G> {
     /// response up to ReadyForQuery.
     fn inject_error(
         &mut self,
-        shared: &Mutex<Shared<G::Statement>>,
+        shared: &SharedOf<G>,
         out: &mut BytesMut,
         code: &str,
         message: &str,
@@ -1080,7 +1211,7 @@ impl<G: Guard> Backend<'_, G> {
     }
 
     /// While suppressing, still pop the requests whose responses end.
-    fn account_suppressed(&mut self, shared: &Mutex<Shared<G::Statement>>, tag: u8, body: &[u8]) {
+    fn account_suppressed(&mut self, shared: &SharedOf<G>, tag: u8, body: &[u8]) {
         let mut s = shared.lock().expect("relay state");
         match tag {
             b'D' | b'd' => {
@@ -1115,8 +1246,11 @@ impl<G: Guard> Backend<'_, G> {
         }
     }
 
-    fn ready_for_query(&mut self, shared: &Mutex<Shared<G::Statement>>) {
+    fn ready_for_query(&mut self, shared: &SharedOf<G>) {
         self.suppress = false;
+        if shared.lock().expect("relay state").hold {
+            self.probe_needed = true;
+        }
         self.current = None;
         let failed = std::mem::take(&mut self.batch_failed);
         let mut done = Vec::new();

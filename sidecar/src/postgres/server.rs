@@ -190,11 +190,14 @@ impl<G: Guard> TargetProxy<G> {
             out.extend_from_slice(p);
         }
         codec::backend_key_data(&mut out, key.key().0, key.key().1);
+        if let Some(text) = self.guard.greeting(&session) {
+            codec::Report::notice(&text).write(&mut out);
+        }
         codec::ready_for_query(&mut out, b'I');
         if reader.get_mut().write_all(&out).await.is_err() {
             return;
         }
-        self.guard.session_started(&session);
+        let recorder = self.guard.session_started(&session);
         let ctx = RelayContext {
             guard: &*self.guard,
             catalog: &self.catalog,
@@ -202,7 +205,7 @@ impl<G: Guard> TargetProxy<G> {
             cancel: target,
             max_message: self.max_message,
         };
-        relay::run(ctx, reader, upstream.reader, session).await;
+        relay::run(ctx, reader, upstream.reader, session, recorder).await;
         drop(key);
     }
 

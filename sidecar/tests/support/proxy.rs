@@ -11,7 +11,8 @@ use std::time::Duration;
 use cardgate_e2e::pg::{PROXY_PASSWORD, PROXY_USER, Postgres};
 use cardgate_sidecar::postgres::cancel::CancelRegistry;
 use cardgate_sidecar::postgres::guard::{
-    ClientInfo, ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionSummary, Verdict,
+    ClientInfo, ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionRecorder, SessionSummary,
+    Verdict,
 };
 use cardgate_sidecar::postgres::server::TargetProxy;
 use cardgate_sidecar::postgres::upstream::{Credential, UpstreamSettings};
@@ -27,6 +28,32 @@ pub struct FixedGuard {
     pub limits: RowLimits,
     pub events: Mutex<Vec<String>>,
     pub outcomes: Mutex<Vec<(String, Outcome)>>,
+    /// Every byte the relay handed to recorders, as one text.
+    pub transcript: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Appends everything recorded to one buffer, so tests can scan it.
+pub struct Transcript(Arc<Mutex<Vec<u8>>>);
+
+impl SessionRecorder for Transcript {
+    fn query(&mut self, sql: &str) {
+        self.0.lock().unwrap().extend_from_slice(sql.as_bytes());
+    }
+    fn columns(&mut self, columns: &[(&[u8], u32)]) {
+        for (name, _) in columns {
+            self.0.lock().unwrap().extend_from_slice(name);
+        }
+    }
+    fn row(&mut self, body: &[u8]) {
+        self.0.lock().unwrap().extend_from_slice(body);
+    }
+    fn complete(&mut self, tag: &[u8]) {
+        self.0.lock().unwrap().extend_from_slice(tag);
+    }
+    fn report(&mut self, _error: bool, body: &[u8]) {
+        self.0.lock().unwrap().extend_from_slice(body);
+    }
+    fn idle(&mut self) {}
 }
 
 pub struct FixedSession {
@@ -51,6 +78,7 @@ impl Guard for FixedGuard {
     type Session = FixedSession;
     type Statement = String;
     type ColumnRule = ();
+    type Recorder = Transcript;
 
     async fn authenticate(&self, token: &str, client: &ClientInfo) -> Result<FixedSession, String> {
         if token == TOKEN {
@@ -68,8 +96,13 @@ impl Guard for FixedGuard {
         self.log(format!("refused {reason}"));
     }
 
-    fn session_started(&self, s: &FixedSession) {
+    fn session_started(&self, s: &FixedSession) -> Option<Transcript> {
         self.log(format!("start {}", s.subject));
+        Some(Transcript(Arc::clone(&self.transcript)))
+    }
+
+    fn greeting(&self, s: &FixedSession) -> Option<String> {
+        Some(format!("connected as {}", s.subject))
     }
 
     fn decide(&self, _s: &mut FixedSession, sql: &str, protocol: Protocol) -> Verdict<String> {

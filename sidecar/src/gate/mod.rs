@@ -1,0 +1,421 @@
+//! The sidecar's [`Guard`]: identity, statement policy, masking, audit,
+//! metrics and recordings, put together for the PostgreSQL data path.
+//!
+//! Every decision fails closed: an unhealthy audit trail, a statement that
+//! does not parse, a policy that cannot be evaluated all deny, with a clear
+//! message to the agent and (where the trail can still take it) a record.
+
+mod recorder;
+
+use std::sync::Arc;
+
+use cardgate_crds::audit::{
+    Actor, AuditRecord, EventKind, Origin, Outcome as AuditOutcome, Resource, StatementDetails,
+};
+use cardgate_crds::config::PolicyName;
+use cardgate_crds::v1alpha1::{RuleAction, StatementClass};
+
+use crate::admin::{Metrics, SessionGuard};
+use crate::audit::AuditLog;
+use crate::identity::{Authenticator, Identity, claimed_identity};
+use crate::masking::{ColumnMask, Masker};
+use crate::policy::{Classifier, Policy, SqlSession};
+use crate::postgres::guard::{
+    ClientInfo, ColumnOutput, Guard, Outcome, Protocol, RowLimits, SessionSummary, Verdict,
+};
+use crate::recording::{Recordings, SessionInfo};
+
+pub use recorder::MaskedRecorder;
+
+/// Longest statement text kept in an audit record; longer text is cut and
+/// marked, so one huge batch cannot bloat the trail.
+const MAX_AUDIT_TEXT: usize = 16 * 1024;
+
+/// What every target's gate shares: built once per configuration.
+pub struct Shared {
+    /// Policy name for messages and records.
+    pub policy: PolicyName,
+    /// `namespace/name` for records.
+    pub policy_label: String,
+    /// Statement classification (cached).
+    pub classifier: Arc<Classifier>,
+    /// Compiled rules.
+    pub rules: Arc<Policy>,
+    /// Masking engine.
+    pub masker: Arc<Masker>,
+    /// Token validation.
+    pub auth: Arc<Authenticator>,
+    /// The audit trail.
+    pub audit: Arc<AuditLog>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Session recordings, when configured.
+    pub recordings: Option<Recordings>,
+    /// Row and byte limits.
+    pub limits: RowLimits,
+}
+
+/// The guard of one target.
+pub struct Gate {
+    shared: Arc<Shared>,
+    target: String,
+}
+
+impl Gate {
+    /// The gate for `target`.
+    pub fn new(shared: Arc<Shared>, target: String) -> Self {
+        Self { shared, target }
+    }
+
+    fn record(&self, rec: AuditRecord) {
+        if let Err(e) = self.shared.audit.record(rec) {
+            // The trail is unhealthy: statements are refused until it
+            // recovers (see `decide`); the writer reports the outage.
+            tracing::warn!(error = %e, "audit record refused");
+        }
+    }
+
+    fn base(&self, event: EventKind, outcome: AuditOutcome, origin: &Origin) -> AuditRecord {
+        let mut rec = AuditRecord::new(event, outcome, origin.clone());
+        rec.policy = Some(self.shared.policy_label.clone());
+        rec
+    }
+
+    fn client_origin(&self, client: &ClientInfo) -> Origin {
+        self.shared
+            .audit
+            .session_origin(&client.session_id, Some(client.addr.to_string()))
+    }
+
+    fn resource(&self, database: &str) -> Resource {
+        Resource {
+            target: Some(self.target.clone()),
+            database: Some(database.to_string()),
+            ..Resource::default()
+        }
+    }
+
+    fn masked(&self, text: &str) -> String {
+        let masked = self.shared.masker.mask_str(text);
+        if masked.len() <= MAX_AUDIT_TEXT {
+            return masked.into_owned();
+        }
+        let mut cut = MAX_AUDIT_TEXT;
+        while !masked.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // Cutting could split a card number and leave a shorter, undetected
+        // run of its digits: mask the cut text again.
+        let head = self.shared.masker.mask_str(&masked[..cut]).into_owned();
+        format!("{head}… [{} bytes cut]", masked.len() - cut)
+    }
+}
+
+/// An authenticated session.
+pub struct Session {
+    identity: Arc<Identity>,
+    origin: Arc<Origin>,
+    database: String,
+    sql: SqlSession,
+    _active: SessionGuard,
+    statements: u64,
+}
+
+/// A decided statement on its way to the server.
+pub struct Statement {
+    identity: Arc<Identity>,
+    origin: Arc<Origin>,
+    database: String,
+    text: String,
+    class: StatementClass,
+    rule: String,
+    reads: Vec<String>,
+    writes: Vec<String>,
+    protocol: Protocol,
+}
+
+impl Guard for Gate {
+    type Session = Session;
+    type Statement = Statement;
+    type ColumnRule = ColumnMask;
+    type Recorder = MaskedRecorder;
+
+    async fn authenticate(&self, token: &str, client: &ClientInfo) -> Result<Session, String> {
+        let origin = self.client_origin(client);
+        match self.shared.auth.authenticate(token).await {
+            Ok(identity) => {
+                let mut rec = self.base(EventKind::AuthSuccess, AuditOutcome::Success, &origin);
+                rec.actor = Some(identity.actor());
+                rec.resource = Some(self.resource(&client.database));
+                self.record(rec);
+                Ok(Session {
+                    identity: Arc::new(identity),
+                    origin: Arc::new(origin),
+                    database: client.database.clone(),
+                    sql: SqlSession::new(),
+                    _active: self.shared.metrics.session(),
+                    statements: 0,
+                })
+            }
+            Err(e) => {
+                self.shared.metrics.auth_failure(e.kind());
+                let mut rec = self.base(EventKind::AuthFailure, AuditOutcome::Failure, &origin);
+                // Who the token claims to be (unverified), so failed
+                // attempts can be attributed; never the token itself.
+                rec.actor = Some(match claimed_identity(token) {
+                    Some(c) => Actor {
+                        subject: self.masked(&format!(
+                            "{} (claimed)",
+                            c.subject.as_deref().unwrap_or("no subject")
+                        )),
+                        issuer: c.issuer.as_deref().map(|i| self.masked(i)),
+                        groups: Vec::new(),
+                    },
+                    None => Actor {
+                        subject: self.masked(&format!(
+                            "{} (user name given, no valid token)",
+                            client.user
+                        )),
+                        ..Actor::default()
+                    },
+                });
+                rec.resource = Some(self.resource(&client.database));
+                rec.message = Some(format!("authentication failed: {e}"));
+                self.record(rec);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn refused(&self, client: &ClientInfo, reason: &str) {
+        let origin = self.client_origin(client);
+        let mut rec = self.base(EventKind::ConnectionRefused, AuditOutcome::Failure, &origin);
+        if !client.user.is_empty() {
+            rec.actor = Some(Actor {
+                subject: self.masked(&format!(
+                    "{} (user name given, not authenticated)",
+                    client.user
+                )),
+                ..Actor::default()
+            });
+        }
+        rec.resource = Some(self.resource(&client.database));
+        rec.message = Some(self.masked(reason));
+        self.record(rec);
+    }
+
+    fn session_started(&self, s: &Session) -> Option<MaskedRecorder> {
+        let mut rec = self.base(EventKind::SessionStart, AuditOutcome::Success, &s.origin);
+        rec.actor = Some(s.identity.actor());
+        rec.resource = Some(self.resource(&s.database));
+        self.record(rec);
+        let recordings = self.shared.recordings.as_ref()?;
+        let info = SessionInfo {
+            session: s.origin.session.as_deref().unwrap_or_default(),
+            subject: &s.identity.subject,
+            target: &self.target,
+            database: Some(&s.database),
+            client: s.origin.client.as_deref(),
+        };
+        match recordings.start(&info) {
+            Ok(r) => Some(MaskedRecorder::new(r, Arc::clone(&self.shared.masker))),
+            Err(e) => {
+                tracing::warn!(error = %e, "session recording unavailable");
+                None
+            }
+        }
+    }
+
+    fn greeting(&self, s: &Session) -> Option<String> {
+        let groups = if s.identity.groups.is_empty() {
+            String::new()
+        } else {
+            format!(" (groups: {})", s.identity.groups.join(", "))
+        };
+        Some(format!(
+            "cardgate: authenticated as {}{groups}, token issued by {}; AccessPolicy {} governs this session and it is audited",
+            s.identity.subject, s.identity.issuer, self.shared.policy
+        ))
+    }
+
+    fn decide(&self, s: &mut Session, sql: &str, protocol: Protocol) -> Verdict<Statement> {
+        s.statements += 1;
+        let shared = &self.shared;
+        let (class, reads, writes, decision) = if protocol == Protocol::FunctionCall {
+            (StatementClass::Dangerous, Vec::new(), Vec::new(), None)
+        } else {
+            let c = s.sql.effective(shared.classifier.classify(sql));
+            let d = shared.rules.decide(&self.target, &c);
+            (c.class, c.reads.clone(), c.writes.clone(), Some(d))
+        };
+        let (action, rule, message) = match (&decision, shared.audit.healthy()) {
+            (_, false) => (
+                RuleAction::Deny,
+                "auditUnavailable".to_string(),
+                "cardgate: the audit trail is unavailable; statements are refused until it recovers".to_string(),
+            ),
+            (None, true) => (
+                RuleAction::Deny,
+                "functionCall".to_string(),
+                "cardgate: FunctionCall messages call functions by OID around SQL and are not allowed".to_string(),
+            ),
+            (Some(d), true) => match d.action {
+                RuleAction::Allow => (RuleAction::Allow, d.label.clone(), String::new()),
+                RuleAction::Deny => (RuleAction::Deny, d.label.clone(), d.denial_message(&shared.policy)),
+                RuleAction::RequireApproval => (
+                    RuleAction::RequireApproval,
+                    d.label.clone(),
+                    format!(
+                        "cardgate: held by AccessPolicy {} {} ({}): this statement needs approval, and no approval store is configured",
+                        shared.policy, d.label, d.class
+                    ),
+                ),
+            },
+        };
+        shared.metrics.statement(class, action).inc();
+        let statement = Statement {
+            identity: Arc::clone(&s.identity),
+            origin: Arc::clone(&s.origin),
+            database: s.database.clone(),
+            text: self.masked(sql),
+            class,
+            rule,
+            reads,
+            writes,
+            protocol,
+        };
+        if action == RuleAction::Allow {
+            return Verdict::Allow(statement);
+        }
+        s.sql.undo_last();
+        let mut rec = self.statement_record(&statement, action, AuditOutcome::Failure);
+        rec.message = Some(message.clone());
+        self.record(rec);
+        Verdict::Deny(message)
+    }
+
+    fn completed(&self, st: &Statement, outcome: &Outcome) {
+        let metrics = &self.shared.metrics;
+        metrics.observe_overhead(outcome.overhead);
+        metrics.masked_values.inc_by(outcome.masked);
+        let ok = outcome.sqlstate.is_none() && !outcome.skipped;
+        let mut rec = self.statement_record(
+            st,
+            RuleAction::Allow,
+            if ok {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Failure
+            },
+        );
+        if let Some(d) = rec.statement.as_mut() {
+            d.rows = Some(outcome.rows);
+            d.bytes = Some(outcome.bytes);
+            d.duration_us = Some(outcome.duration.as_micros() as u64);
+            d.masked_values = Some(outcome.masked);
+            d.sqlstate = outcome.sqlstate.clone();
+        }
+        rec.message = if outcome.skipped {
+            Some("not run: an earlier message of the same batch failed".into())
+        } else {
+            outcome.error.as_deref().map(|e| self.masked(e))
+        };
+        self.record(rec);
+    }
+
+    fn session_ended(&self, s: Session, summary: &SessionSummary) {
+        let outcome = if summary.error.is_some() {
+            AuditOutcome::Failure
+        } else {
+            AuditOutcome::Success
+        };
+        let mut rec = self.base(EventKind::SessionEnd, outcome, &s.origin);
+        rec.actor = Some(s.identity.actor());
+        rec.resource = Some(self.resource(&s.database));
+        rec.message = Some(match &summary.error {
+            Some(e) => self.masked(&format!(
+                "{} statements ({} denied) in {} ms; ended: {e}",
+                summary.statements,
+                summary.denied,
+                summary.duration.as_millis()
+            )),
+            None => format!(
+                "{} statements ({} denied) in {} ms",
+                summary.statements,
+                summary.denied,
+                summary.duration.as_millis()
+            ),
+        });
+        self.record(rec);
+    }
+
+    fn mask_text(&self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        self.shared.masker.mask_to(input, out)
+    }
+
+    fn has_column_rules(&self) -> bool {
+        self.shared.masker.has_column_rules()
+    }
+
+    fn column_rule(&self, schema: &str, table: &str, column: &str) -> Option<ColumnMask> {
+        self.shared.masker.column_rule(schema, table, column)
+    }
+
+    fn mask_column(
+        &self,
+        rule: ColumnMask,
+        value: &[u8],
+        text_like: bool,
+        out: &mut Vec<u8>,
+    ) -> ColumnOutput {
+        match self
+            .shared
+            .masker
+            .mask_column_to(rule, value, text_like, out)
+        {
+            crate::masking::ColumnOutput::Null => ColumnOutput::Null,
+            crate::masking::ColumnOutput::Masked => ColumnOutput::Masked,
+        }
+    }
+
+    fn limits(&self) -> RowLimits {
+        self.shared.limits
+    }
+
+    fn policy_name(&self) -> &str {
+        &self.shared.policy_label
+    }
+}
+
+impl Gate {
+    fn statement_record(
+        &self,
+        st: &Statement,
+        decision: RuleAction,
+        outcome: AuditOutcome,
+    ) -> AuditRecord {
+        let mut rec = self.base(EventKind::Statement, outcome, &st.origin);
+        rec.actor = Some(st.identity.actor());
+        rec.resource = Some(Resource {
+            target: Some(self.target.clone()),
+            database: Some(st.database.clone()),
+            reads: st.reads.clone(),
+            writes: st.writes.clone(),
+            object: None,
+        });
+        rec.statement = Some(StatementDetails {
+            text: st.text.clone(),
+            class: st.class,
+            decision,
+            rule: st.rule.clone(),
+            protocol: Some(st.protocol.as_str().to_string()),
+            rows: None,
+            bytes: None,
+            duration_us: None,
+            masked_values: None,
+            sqlstate: None,
+            approval: None,
+        });
+        rec
+    }
+}
