@@ -2,6 +2,8 @@
 //! records human decisions on ApprovalRequests. Also home of the
 //! `kubectl-cardgate` plugin used by approvers and auditors.
 
+pub mod approval;
+pub mod audit;
 pub mod controller;
 #[cfg(test)]
 mod fixtures;

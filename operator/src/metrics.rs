@@ -23,6 +23,8 @@ pub enum ControllerName {
     AccessPolicy,
     /// The MaskingRule controller.
     MaskingRule,
+    /// The ApprovalRequest controller.
+    ApprovalRequest,
 }
 
 /// How a reconcile ended.
@@ -55,7 +57,11 @@ macro_rules! label_values {
     };
 }
 
-label_values!(ControllerName { AccessPolicy => "accesspolicy", MaskingRule => "maskingrule" });
+label_values!(ControllerName {
+    AccessPolicy => "accesspolicy",
+    MaskingRule => "maskingrule",
+    ApprovalRequest => "approvalrequest",
+});
 label_values!(Outcome { Ready => "ready", Degraded => "degraded", Error => "error" });
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cardgate_crds::audit::{EventKind, Outcome};
 use kube::Client;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -185,6 +186,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.render_settings(None),
         collector_ca_rx,
     ));
+    let audit = ctx.audit.clone();
+    let mut start = audit.record(EventKind::AuditStart, Outcome::Success);
+    start.message = Some(format!(
+        "cardgate-operator {} started its audit trail",
+        env!("CARGO_PKG_VERSION")
+    ));
+    audit
+        .write(start)
+        .context("cannot write the audit trail to stdout")?;
     let work = move |stop: CancellationToken| controller::run(ctx.clone(), stop);
     if settings.leader_election {
         let lease = LeaseSettings {
@@ -239,9 +249,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // sender stays alive so the controllers keep their last value.
     let _collector_ca_tx = collector_ca_tx;
 
-    tasks
+    let result = tasks
         .join(Duration::from_secs(settings.shutdown_timeout))
-        .await
+        .await;
+    if let Err(e) = audit.write(audit.record(EventKind::AuditStop, Outcome::Success)) {
+        tracing::error!(error = %e, "cannot close the audit trail");
+    }
+    result
 }
 
 #[cfg(test)]

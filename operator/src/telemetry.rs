@@ -1,4 +1,6 @@
-//! Logging: JSON lines on stdout by default, for the cluster's log pipeline.
+//! Logging: JSON lines on stderr by default, for the cluster's log pipeline.
+//! stdout carries the operator's audit records only ([`crate::audit`]), as
+//! in the sidecar, so a pipeline can treat every stdout line as one.
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +15,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     .map_err(|e| format!("invalid log filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder
             .json()

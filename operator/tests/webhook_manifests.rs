@@ -1,11 +1,16 @@
 //! `config/webhook` builds, passes `kubernetes-validate --strict`, and agrees
 //! with the code: paths the server routes, the port it listens on, the names
-//! whose caBundle it maintains, the namespace it never governs.
+//! whose caBundle it maintains, the namespace it never governs, and the
+//! ApprovalRequest webhooks that must see every review but never a status
+//! update.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cardgate_operator::webhook::{MUTATE_PODS_PATH, VALIDATE_PODS_PATH, WebhookSettings};
+use cardgate_operator::webhook::{
+    MUTATE_APPROVALS_PATH, MUTATE_PODS_PATH, VALIDATE_APPROVALS_PATH, VALIDATE_PODS_PATH,
+    WebhookSettings,
+};
 use clap::Parser;
 use serde_json::Value;
 
@@ -166,6 +171,51 @@ fn the_webhook_manifests_match_what_the_operator_serves() {
     }
     assert_eq!(hooks.len(), 3, "{hooks:?}");
 
+    // ApprovalRequests: every namespace, the main resource only (status
+    // updates are the sidecar's and the controller's, never reviewed).
+    for (kind, name, path, operations) in [
+        (
+            "MutatingWebhookConfiguration",
+            &settings.mutating_configs[1],
+            MUTATE_APPROVALS_PATH,
+            serde_json::json!(["UPDATE"]),
+        ),
+        (
+            "ValidatingWebhookConfiguration",
+            &settings.validating_configs[1],
+            VALIDATE_APPROVALS_PATH,
+            serde_json::json!(["CREATE", "UPDATE"]),
+        ),
+    ] {
+        assert_eq!(name, "cardgate-approvalrequests");
+        let config = find(&docs, kind, name);
+        let webhooks = config["webhooks"].as_array().unwrap();
+        assert_eq!(webhooks.len(), 1, "{name}");
+        let hook = &webhooks[0];
+        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["sideEffects"], "None");
+        assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
+        let svc = &hook["clientConfig"]["service"];
+        assert_eq!(svc["name"], settings.service_name.as_str());
+        assert_eq!(svc["namespace"], settings.service_namespace.as_str());
+        assert_eq!(svc["port"], 443);
+        assert_eq!(svc["path"], path);
+        assert_eq!(
+            hook["rules"],
+            serde_json::json!([{"apiGroups": ["cardgate.dev"], "apiVersions": ["v1alpha1"],
+                                "operations": operations, "resources": ["approvalrequests"],
+                                "scope": "Namespaced"}])
+        );
+        assert!(
+            hook.get("namespaceSelector").is_none(),
+            "{name}: every namespace"
+        );
+        assert!(
+            hook.get("objectSelector").is_none(),
+            "{name}: every request"
+        );
+    }
+
     if have("kubernetes-validate") {
         let file =
             std::env::temp_dir().join(format!("cardgate-webhook-{}.yaml", std::process::id()));
@@ -236,6 +286,11 @@ spec:
     for (kind, name) in [
         ("MutatingWebhookConfiguration", "cardgate-pod-injector"),
         ("ValidatingWebhookConfiguration", "cardgate-pod-validator"),
+        ("MutatingWebhookConfiguration", "cardgate-approvalrequests"),
+        (
+            "ValidatingWebhookConfiguration",
+            "cardgate-approvalrequests",
+        ),
     ] {
         assert_eq!(
             find(&docs, kind, name)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],

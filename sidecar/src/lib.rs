@@ -5,6 +5,7 @@
 //! returns or writes, and keeps a tamper-evident audit trail.
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod gate;
 pub mod identity;

@@ -53,6 +53,9 @@ enum Command {
     /// Program the pod's network namespace for transparent interception
     /// (run by the `cardgate-init` init container, which has NET_ADMIN).
     Init(cardgate_sidecar::intercept::InitArgs),
+    /// Review approval requests of a local directory store (standalone
+    /// mode): list, show, approve, deny.
+    Approvals(cardgate_sidecar::approval::cli::ApprovalsArgs),
     /// Show a recorded session the way psql showed it, at the recorded pace.
     Replay {
         /// The recording (a `.jsonl` file from `audit.recordingsDir`).
@@ -145,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => Ok(cardgate_sidecar::policy::check::run(&args)),
+        Command::Approvals(args) => Ok(cardgate_sidecar::approval::cli::run(&args)),
         Command::Config {
             command: ConfigCommand::Check { config, quiet },
         } => match SidecarConfig::load(&config) {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cardgate_crds::audit::{Anchor, VerifyOptions};
+use cardgate_crds::v1alpha1::Decision;
+use cardgate_operator::approval::cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -20,6 +22,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List ApprovalRequests waiting for a decision.
+    Approvals {
+        /// Namespace (default: the current kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long, conflicts_with = "namespace")]
+        all_namespaces: bool,
+        /// Keep watching and print a line whenever a request appears or
+        /// changes.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Approve an ApprovalRequest (your identity and the time are recorded
+    /// by the cluster, not by this tool).
+    Approve {
+        /// The ApprovalRequest.
+        name: String,
+        /// Namespace (default: the current kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Why (kept in the request and the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny an ApprovalRequest.
+    Deny {
+        /// The ApprovalRequest.
+        name: String,
+        /// Namespace (default: the current kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Why (required; shown to the agent and kept in the audit trail).
+        #[arg(long, required = true)]
+        reason: String,
+    },
     /// Work with exported audit logs.
     Audit {
         #[command(subcommand)]
@@ -43,15 +81,7 @@ enum AuditCommand {
     },
 }
 
-fn main() -> ExitCode {
-    let Command::Audit {
-        command:
-            AuditCommand::Verify {
-                file,
-                anchor,
-                partial,
-            },
-    } = Cli::parse().command;
+fn verify(file: PathBuf, anchor: Vec<Anchor>, partial: bool) -> ExitCode {
     let options = VerifyOptions {
         allow_partial: partial,
         anchors: anchor,
@@ -68,6 +98,68 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("kubectl-cardgate: cannot read {}: {e}", file.display());
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs `command`; cluster commands use the current kubeconfig.
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let connect = || async { cli::connect().await.map_err(anyhow::Error::msg) };
+    match command {
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    anchor,
+                    partial,
+                },
+        } => return Ok(verify(file, anchor, partial)),
+        Command::Approvals {
+            namespace,
+            all_namespaces,
+            watch,
+        } => {
+            let (client, context_namespace) = connect().await?;
+            let ns = (!all_namespaces).then(|| namespace.unwrap_or(context_namespace));
+            if watch {
+                cli::watch(&client, ns.as_deref(), &mut std::io::stdout().lock()).await?;
+            } else {
+                print!("{}", cli::list(&client, ns.as_deref()).await?);
+            }
+        }
+        Command::Approve {
+            name,
+            namespace,
+            reason,
+        } => {
+            let (client, context_namespace) = connect().await?;
+            let ns = namespace.unwrap_or(context_namespace);
+            let out =
+                cli::review(&client, &ns, &name, Decision::Approved, reason.as_deref()).await?;
+            print!("{out}");
+        }
+        Command::Deny {
+            name,
+            namespace,
+            reason,
+        } => {
+            let (client, context_namespace) = connect().await?;
+            let ns = namespace.unwrap_or(context_namespace);
+            let out = cli::review(&client, &ns, &name, Decision::Denied, Some(&reason)).await?;
+            print!("{out}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match run(Cli::parse().command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kubectl-cardgate: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

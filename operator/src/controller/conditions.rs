@@ -40,6 +40,20 @@ pub fn condition(
     now: jiff::Timestamp,
 ) -> Condition {
     let status = if status { "True" } else { "False" };
+    condition_with(type_, status, reason, message, generation, previous, now)
+}
+
+/// Like [`condition`], with any status: `True`, `False` or `Unknown`
+/// (e.g. while an outcome is still being found out).
+pub fn condition_with(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: jiff::Timestamp,
+) -> Condition {
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

@@ -88,6 +88,18 @@ impl Exchange {
         e
     }
 
+    /// A DELETE of `uri` whose DeleteOptions `check` asserts on (e.g.
+    /// preconditions, or what must have happened before).
+    pub fn delete_checked(
+        uri: impl Into<String>,
+        check: impl FnOnce(&Value) + Send + 'static,
+    ) -> Self {
+        let mut e = Self::new(Method::DELETE, uri);
+        e.content_type = Some("application/json");
+        e.body = BodyCheck::With(Box::new(check));
+        e
+    }
+
     /// A POST to `uri` with a body including `fields`.
     pub fn post(uri: impl Into<String>, fields: Value) -> Self {
         let mut e = Self::new(Method::POST, uri);
@@ -293,6 +305,11 @@ impl ApiServer {
 /// A context whose client talks to the scripted server, with a fixed clock
 /// and the fixture settings.
 pub fn context() -> (Arc<Context>, ApiServer) {
+    context_with(|_| {})
+}
+
+/// [`context`], adjusted by `adjust` (e.g. a captured audit log).
+pub fn context_with(adjust: impl FnOnce(&mut Context)) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let settings = fixtures::settings();
@@ -305,6 +322,7 @@ pub fn context() -> (Arc<Context>, ApiServer) {
         ca,
     );
     ctx.now = || NOW.parse().unwrap();
+    adjust(&mut ctx);
     (Arc::new(ctx), ApiServer(handle))
 }
 

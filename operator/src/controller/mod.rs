@@ -1,11 +1,14 @@
-//! The AccessPolicy and MaskingRule controllers: shared context, errors and
-//! retry policy, and the watches that wake them.
+//! The AccessPolicy, MaskingRule and ApprovalRequest controllers: shared
+//! context, errors and retry policy, and the watches that wake them.
 //!
-//! Both run only on the replica holding the leader Lease ([`run`] returns
+//! All run only on the replica holding the leader Lease ([`run`] returns
 //! when its shutdown token fires, so the leader loop can stop and restart
 //! them).
 
 pub mod access_policy;
+pub mod approval_request;
+#[cfg(test)]
+mod approval_tests;
 pub mod conditions;
 pub mod masking_rule;
 #[cfg(test)]
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cardgate_crds::pod;
-use cardgate_crds::v1alpha1::{AccessPolicy, MaskActionType, MaskingRule};
+use cardgate_crds::v1alpha1::{AccessPolicy, ApprovalRequest, MaskActionType, MaskingRule};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -33,6 +36,8 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::approval::notify::{Notifier, NotifySettings};
+use crate::audit::AuditLog;
 use crate::metrics::{ControllerName, Metrics};
 use crate::render::config::RenderSettings;
 use crate::render::meta::{LABEL_MANAGED_BY, LABEL_POLICY, LABEL_POLICY_NAMESPACE, MANAGED_BY};
@@ -65,6 +70,9 @@ pub enum Error {
     /// API server).
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    /// An audit record could not be written; the action it records waits.
+    #[error("cannot write the audit record: {0}")]
+    Audit(#[source] std::io::Error),
     /// An object could not be serialized for a patch.
     #[error("cannot serialize {what}: {source}")]
     Serialize {
@@ -92,6 +100,7 @@ impl Error {
             Self::Kube { .. } => "Transport".into(),
             Self::NoNamespace(_) => "NoNamespace".into(),
             Self::Serialize { .. } => "Serialize".into(),
+            Self::Audit(_) => "Audit".into(),
         }
     }
 }
@@ -114,13 +123,18 @@ pub struct Context {
     pub render: RenderSettings,
     /// The collector's CA as currently known.
     pub collector_ca: watch::Receiver<Option<String>>,
-    /// Clock for condition times; fixed in tests.
+    /// Clock for condition times and approval expiry; fixed in tests.
     pub now: fn() -> jiff::Timestamp,
+    /// The operator's audit trail (reviews, decisions, retention).
+    pub audit: Arc<AuditLog>,
+    /// Announcements of new ApprovalRequests.
+    pub approvals: approval_request::Announcements,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// A context reporting Events as `cardgate-operator` from `instance`.
+    /// A context reporting Events as `cardgate-operator` from `instance`,
+    /// auditing to stdout.
     pub fn new(
         client: Client,
         metrics: Arc<Metrics>,
@@ -135,6 +149,7 @@ impl Context {
                 instance: Some(instance.into()),
             },
         );
+        let audit = Arc::new(AuditLog::stdout(&render.operator_namespace, instance));
         Self {
             client,
             metrics,
@@ -142,6 +157,10 @@ impl Context {
             render,
             collector_ca,
             now: jiff::Timestamp::now,
+            audit,
+            approvals: approval_request::Announcements::new(Notifier::new(
+                NotifySettings::default(),
+            )),
             failures: Mutex::default(),
         }
     }
@@ -306,7 +325,7 @@ fn changes<T: Send + Sync + 'static>(rx: watch::Receiver<T>) -> impl Stream<Item
     })
 }
 
-/// Runs both controllers until `shutdown` fires, then lets running
+/// Runs the controllers until `shutdown` fires, then lets running
 /// reconciles finish.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
@@ -389,6 +408,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             .for_each(|_| async {})
     };
 
+    let approvals = Controller::new(Api::<ApprovalRequest>::all(client.clone()), all())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(
+            approval_request::reconcile,
+            |r, e, ctx| error_policy(ControllerName::ApprovalRequest, &*r, e, &ctx),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
     let rules = rules_controller
         .watches(Api::<AccessPolicy>::all(client), all(), move |p| {
             // Every rule of the policy's namespace: a rule the policy stopped
@@ -408,5 +436,5 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             ctx,
         )
         .for_each(|_| async {});
-    futures::join!(policies, rules);
+    futures::join!(policies, rules, approvals);
 }

@@ -3,13 +3,16 @@
 //!
 //! - `/mutate/pods`: injects the sidecar ([`pods::PodInjector`]);
 //! - `/validate/pods`: rules for governed pods ([`pods::PodValidator`]);
-//! - further handlers (the ApprovalRequest webhook) mount on the same
-//!   [`server::Router`].
+//! - `/mutate/approvalrequests`: stamps reviews with the reviewer's
+//!   authenticated identity ([`approvals::ReviewStamper`]);
+//! - `/validate/approvalrequests`: the rules of ApprovalRequests
+//!   ([`approvals::ApprovalValidator`]).
 //!
 //! [`serve`] ties it together: certificates first ([`crate::tls`]), then the
 //! caches, then the listener; `ready` turns true only once requests can be
 //! answered correctly.
 
+pub mod approvals;
 pub mod metrics;
 pub mod pods;
 pub mod server;
@@ -36,12 +39,19 @@ pub use metrics::WebhookMetrics;
 pub use settings::{CertMode, DEFAULT_SIDECAR_IMAGE, WebhookSettings};
 
 use crate::tls::{CaBundleTargets, CertResolver, MountedCerts, SecretStore, SelfManaged, TlsError};
+use approvals::{ApprovalContext, ApprovalValidator, ReviewStamper};
 use pods::{PodContext, PodInjector, PodValidator};
 
 /// Path of the injecting webhook (referenced by `cardgate-pod-injector`).
 pub const MUTATE_PODS_PATH: &str = "/mutate/pods";
 /// Path of the pod rules (referenced by `cardgate-pod-validator`).
 pub const VALIDATE_PODS_PATH: &str = "/validate/pods";
+/// Path of the review stamping (MutatingWebhookConfiguration
+/// `cardgate-approvalrequests`).
+pub const MUTATE_APPROVALS_PATH: &str = "/mutate/approvalrequests";
+/// Path of the ApprovalRequest rules (ValidatingWebhookConfiguration
+/// `cardgate-approvalrequests`).
+pub const VALIDATE_APPROVALS_PATH: &str = "/validate/approvalrequests";
 
 /// How often self-managed certificates are checked (renewal by another
 /// replica, caBundle emptied by a re-apply of the configurations).
@@ -135,6 +145,12 @@ pub async fn serve(
         _ = caches => {}
     }
 
+    let approvals = Arc::new(ApprovalContext {
+        policies: policies.clone(),
+        client: client.clone(),
+        metrics: metrics.clone(),
+        now: Timestamp::now,
+    });
     let context = Arc::new(PodContext {
         policies,
         masking_rules,
@@ -145,7 +161,9 @@ pub async fn serve(
     });
     let router = server::Router::new()
         .admit(MUTATE_PODS_PATH, PodInjector(context.clone()))
-        .admit(VALIDATE_PODS_PATH, PodValidator(context));
+        .admit(VALIDATE_PODS_PATH, PodValidator(context))
+        .admit(MUTATE_APPROVALS_PATH, ReviewStamper(approvals.clone()))
+        .admit(VALIDATE_APPROVALS_PATH, ApprovalValidator(approvals));
     let addr = settings.bind_address;
     let listener = TcpListener::bind(addr)
         .await

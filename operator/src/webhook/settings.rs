@@ -68,14 +68,14 @@ pub struct WebhookSettings {
     #[arg(
         long = "webhook-mutating-configs",
         value_delimiter = ',',
-        default_value = "cardgate-pod-injector"
+        default_value = "cardgate-pod-injector,cardgate-approvalrequests"
     )]
     pub mutating_configs: Vec<String>,
     /// ValidatingWebhookConfigurations whose caBundle the operator maintains.
     #[arg(
         long = "webhook-validating-configs",
         value_delimiter = ',',
-        default_value = "cardgate-pod-validator"
+        default_value = "cardgate-pod-validator,cardgate-approvalrequests"
     )]
     pub validating_configs: Vec<String>,
     /// Image of the injected cardgate sidecar.
@@ -191,8 +191,14 @@ mod tests {
         let s = cli.webhook;
         assert_eq!(s.bind_address.port(), 9443);
         assert_eq!(s.cert_mode, CertMode::SelfManaged);
-        assert_eq!(s.mutating_configs, ["cardgate-pod-injector"]);
-        assert_eq!(s.validating_configs, ["cardgate-pod-validator"]);
+        assert_eq!(
+            s.mutating_configs,
+            ["cardgate-pod-injector", "cardgate-approvalrequests"]
+        );
+        assert_eq!(
+            s.validating_configs,
+            ["cardgate-pod-validator", "cardgate-approvalrequests"]
+        );
         assert_eq!(s.dns_names()[0], "cardgate-operator.cardgate-system.svc");
         let inject = s.inject_settings();
         assert!(!inject.legacy_sidecar);

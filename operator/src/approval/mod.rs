@@ -1,0 +1,11 @@
+//! ApprovalRequests on the operator's side: the admission rules
+//! ([`admission`]), the phase as a function of reviews, sidecar reports and
+//! the clock ([`lifecycle`]), announcements to a chat webhook ([`notify`])
+//! and the approver's commands of `kubectl cardgate` ([`cli`]). The webhook
+//! handlers live in [`crate::webhook::approvals`], the reconciler in
+//! [`crate::controller::approval_request`].
+
+pub mod admission;
+pub mod cli;
+pub mod lifecycle;
+pub mod notify;

@@ -1,0 +1,602 @@
+//! The ApprovalRequest reconciler: derives the phase
+//! ([`crate::approval::lifecycle`]), writes it to status, tells people
+//! (Events, the policy's chat webhook), keeps the audit trail, and deletes
+//! decided requests once the policy's retention has passed.
+//!
+//! Each pass, in this order:
+//! 1. audit records for reviews not recorded yet and for a new phase — an
+//!    unwritable record fails the pass, which is retried before anything
+//!    else happens;
+//! 2. retention: the final state (with every review) is audited, then the
+//!    request is deleted;
+//! 3. the announcement of a new request starts in the background;
+//! 4. status, with field manager `cardgate-operator`: never `uses` or
+//!    `withdrawnAt`, which the sidecar owns (`cardgate-sidecar`);
+//! 5. Events, visible in `kubectl describe`;
+//! 6. a requeue at the next time-driven change (expiry, end of a grant,
+//!    end of retention).
+//!
+//! Which reviews were recorded follows from `status.observedGeneration`: the
+//! admission webhook admits exactly one appended review per spec change,
+//! and each spec change bumps `metadata.generation`, so a status that
+//! observed generation `g` has recorded the first `g - 1` reviews.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cardgate_crds::audit::{Actor, ApprovalDetails, AuditRecord, EventKind, Outcome, Resource};
+use cardgate_crds::v1alpha1::{AccessPolicy, ApprovalRequest, Decision, Phase};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource as _, ResourceExt};
+use serde_json::{Map, Value, json};
+
+use super::conditions::{self, condition_with};
+use super::{Context, Error, kube_err, object_key};
+use crate::approval::lifecycle::{Evaluation, Reported, evaluate, retain_until, show};
+use crate::approval::notify::{Notifier, approve_command, host_of, payload};
+use crate::metrics::{ControllerName, Outcome as ReconcileOutcome};
+use crate::render::meta::FIELD_MANAGER;
+
+/// Retention of decided requests when the policy is gone.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(168 * 3600);
+/// Condition: the request has its final decision (True) or waits (False).
+pub const DECIDED: &str = "Decided";
+/// Condition: the policy's chat webhook was told about the request.
+pub const NOTIFIED: &str = "Notified";
+/// How often a request whose announcement is in flight is looked at again.
+pub const ANNOUNCEMENT_POLL: Duration = Duration::from_secs(2);
+
+/// What happened to an announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Delivery {
+    Sending { host: String },
+    Delivered { host: String, attempts: u32 },
+    Failed(String),
+}
+
+/// Announcements of new requests, in flight or finished, by request UID.
+/// While one is in flight its request is reconciled every
+/// [`ANNOUNCEMENT_POLL`], so the outcome reaches the status soon after.
+pub struct Announcements {
+    notifier: Notifier,
+    states: Arc<Mutex<HashMap<String, Delivery>>>,
+}
+
+impl Announcements {
+    /// Announcements sent with `notifier`.
+    pub fn new(notifier: Notifier) -> Self {
+        Self {
+            notifier,
+            states: Arc::default(),
+        }
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<String, Delivery>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state(&self, uid: &str) -> Option<Delivery> {
+        self.states().get(uid).cloned()
+    }
+
+    fn forget(&self, uid: &str) {
+        self.states().remove(uid);
+    }
+
+    /// Starts announcing `request` to `url` in the background.
+    fn start(&self, request: &ApprovalRequest, uid: &str, url: String) -> Delivery {
+        let host = host_of(&url);
+        let sending = Delivery::Sending { host: host.clone() };
+        self.states().insert(uid.to_string(), sending.clone());
+        let (notifier, states) = (self.notifier.clone(), self.states.clone());
+        let (body, uid) = (payload(request), uid.to_string());
+        tokio::spawn(async move {
+            let outcome = match notifier.send(&url, &body).await {
+                Ok(attempts) => Delivery::Delivered { host, attempts },
+                Err(e) => Delivery::Failed(e.to_string()),
+            };
+            states
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid, outcome);
+        });
+        sending
+    }
+}
+
+/// Reconciles one ApprovalRequest (the controller's reconciler).
+pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile(ControllerName::ApprovalRequest);
+    match reconcile_request(&request, &ctx).await {
+        Ok(action) => {
+            timer.finish(ReconcileOutcome::Ready);
+            ctx.succeeded(&object_key(&*request));
+            Ok(action)
+        }
+        Err(e) => {
+            timer.finish(ReconcileOutcome::Error);
+            Err(e)
+        }
+    }
+}
+
+/// How many of the request's reviews earlier passes recorded.
+fn reviews_recorded(request: &ApprovalRequest) -> usize {
+    let observed = request
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .unwrap_or(1);
+    usize::try_from(observed - 1)
+        .unwrap_or(0)
+        .min(request.spec.reviews.len())
+}
+
+fn phase_name(phase: Phase) -> String {
+    format!("{phase:?}")
+}
+
+async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<Action, Error> {
+    let ns = request
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(object_key(request)))?;
+    if request.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = request.name_any();
+    let uid = request.uid().unwrap_or_default();
+    let spec = &request.spec;
+    let policies: Api<AccessPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let policy = policies
+        .get_opt(&spec.policy)
+        .await
+        .map_err(kube_err(format!("get AccessPolicy {ns}/{}", spec.policy)))?;
+    let approval = policy.as_ref().and_then(|p| p.spec.approval.as_ref());
+    let retention: Duration = approval.map_or(DEFAULT_RETENTION, |a| a.retention.into());
+
+    let now = (ctx.now)();
+    let old = request.status.as_ref();
+    let first = old.is_none_or(|s| s.observed_generation.is_none());
+    let reported = Reported {
+        uses: old.map_or(0, |s| s.uses),
+        withdrawn_at: old.and_then(|s| s.withdrawn_at.as_ref()).map(|t| t.0),
+    };
+    let eval = evaluate(spec, reported, now);
+    let previous = match old {
+        Some(s) if !first => s.phase,
+        _ => Phase::Pending,
+    };
+    let changed = eval.phase != previous && eval.phase != Phase::Pending;
+    let new_reviews = reviews_recorded(request)..spec.reviews.len();
+
+    // 1. The audit trail first: nothing is announced that is not recorded.
+    let records = Records {
+        request,
+        ns: &ns,
+        name: &name,
+    };
+    for index in new_reviews.clone() {
+        ctx.audit
+            .write(records.review(ctx, index))
+            .map_err(Error::Audit)?;
+    }
+    if changed {
+        ctx.audit
+            .write(records.outcome(ctx, &eval, None))
+            .map_err(Error::Audit)?;
+    }
+
+    // 2. Retention.
+    let retained = retain_until(&eval, retention);
+    if let Some(until) = retained.filter(|until| now >= *until) {
+        let note = format!(
+            "retention of {} after {} ended; deleting the request",
+            humantime(retention),
+            show(eval.decided_at.or(eval.grant_expires_at).unwrap_or(until)),
+        );
+        ctx.audit
+            .write(records.outcome(ctx, &eval, Some(&note)))
+            .map_err(Error::Audit)?;
+        let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => tracing::info!(namespace = ns, name, "deleted after retention"),
+            // Already gone, or replaced by a new request of the same name.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(kube_err(format!("delete ApprovalRequest {ns}/{name}"))(e)),
+        }
+        ctx.approvals.forget(&uid);
+        return Ok(Action::await_change());
+    }
+
+    // 3. Announcement.
+    let url = approval
+        .and_then(|a| a.notify.as_ref())
+        .map(|n| n.url.clone());
+    let old_conditions: &[Condition] = old.map_or(&[], |s| &s.conditions);
+    let was_notified = conditions::find(old_conditions, NOTIFIED);
+    let delivery = match (ctx.approvals.state(&uid), url) {
+        (Some(d), _) => Some(d),
+        // New, or the announcement was cut short by a restart.
+        (None, Some(url))
+            if eval.phase == Phase::Pending
+                && (first || was_notified.is_some_and(|c| c.status == "Unknown")) =>
+        {
+            Some(ctx.approvals.start(request, &uid, url))
+        }
+        (None, _) => None,
+    };
+
+    // 4. Status.
+    let generation = request.meta().generation;
+    let decided = eval.phase != Phase::Pending;
+    let mut status_conditions = vec![condition_with(
+        DECIDED,
+        if decided { "True" } else { "False" },
+        &phase_name(eval.phase),
+        &eval.message,
+        generation,
+        old_conditions,
+        now,
+    )];
+    let notified = match &delivery {
+        Some(Delivery::Sending { host }) => {
+            Some(("Unknown", "Sending", format!("announcing to {host}")))
+        }
+        Some(Delivery::Delivered { host, attempts }) => Some((
+            "True",
+            "Delivered",
+            format!("announced to {host} (attempt {attempts})"),
+        )),
+        Some(Delivery::Failed(message)) => Some(("False", "Failed", message.clone())),
+        None => None,
+    };
+    match notified {
+        Some((status, reason, message)) => status_conditions.push(condition_with(
+            NOTIFIED,
+            status,
+            reason,
+            &message,
+            generation,
+            old_conditions,
+            now,
+        )),
+        None => status_conditions.extend(was_notified.cloned()),
+    }
+    let body = json!({
+        "apiVersion": ApprovalRequest::api_version(&()),
+        "kind": ApprovalRequest::kind(&()),
+        "status": status_body(&eval, status_conditions, generation)?,
+    });
+    let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "apply status of ApprovalRequest {ns}/{name}"
+    )))?;
+    if matches!(
+        delivery,
+        Some(Delivery::Delivered { .. } | Delivery::Failed(_))
+    ) {
+        // The outcome is in the status now.
+        ctx.approvals.forget(&uid);
+    }
+
+    // 5. Events.
+    let mut events = Vec::new();
+    if first {
+        events.push(event(
+            EventType::Normal,
+            "Created",
+            "Create",
+            format!(
+                "{} asks to run {:?} on {} ({}); approve with: {}",
+                spec.requester.subject,
+                spec.statement.preview,
+                spec.target,
+                spec.rule,
+                approve_command(request)
+            ),
+        ));
+    }
+    for index in new_reviews {
+        events.push(event(
+            EventType::Normal,
+            "Reviewed",
+            "Review",
+            records.review_summary(index),
+        ));
+    }
+    if changed {
+        let warning = matches!(eval.phase, Phase::Denied | Phase::Expired);
+        events.push(event(
+            if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            &phase_name(eval.phase),
+            "Decide",
+            eval.message.clone(),
+        ));
+    }
+    if let Some(Delivery::Failed(message)) = &delivery {
+        events.push(event(
+            EventType::Warning,
+            "NotificationFailed",
+            "Notify",
+            message.clone(),
+        ));
+    }
+    let reference = request.object_ref(&());
+    for e in events {
+        if let Err(err) = ctx.recorder.publish(&e, &reference).await {
+            tracing::warn!(request = %object_key(request), error = %err, "cannot publish Event");
+        }
+    }
+
+    // 6. Next time-driven change, or the announcement's outcome.
+    let next = [eval.next_change, retained]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| {
+            Duration::try_from(t.duration_since(now))
+                .unwrap_or_default()
+                .max(Duration::from_millis(1))
+        });
+    let next = match delivery {
+        Some(Delivery::Sending { .. }) => {
+            Some(next.map_or(ANNOUNCEMENT_POLL, |n| n.min(ANNOUNCEMENT_POLL)))
+        }
+        _ => next,
+    };
+    Ok(next.map_or_else(Action::await_change, Action::requeue))
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(conditions::truncate(&note, 1024)),
+        action: action.into(),
+        secondary: None,
+    }
+}
+
+/// The status the controller owns; `uses` and `withdrawnAt` are left out,
+/// so server-side apply leaves the sidecar's values alone.
+fn status_body(
+    eval: &Evaluation,
+    conditions: Vec<Condition>,
+    generation: Option<i64>,
+) -> Result<Value, Error> {
+    let mut status = Map::new();
+    status.insert("phase".into(), to_value(&eval.phase)?);
+    status.insert("conditions".into(), to_value(&conditions)?);
+    if let Some(g) = generation {
+        status.insert("observedGeneration".into(), json!(g));
+    }
+    if let Some(t) = eval.decided_at {
+        status.insert("decidedAt".into(), to_value(&Time(t))?);
+    }
+    if !eval.decided_by.is_empty() {
+        status.insert("decidedBy".into(), json!(eval.decided_by));
+    }
+    status.insert("message".into(), json!(eval.message));
+    if let Some(t) = eval.grant_expires_at {
+        status.insert("grantExpiresAt".into(), to_value(&Time(t))?);
+    }
+    Ok(Value::Object(status))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(|source| Error::Serialize {
+        what: "ApprovalRequest status".into(),
+        source,
+    })
+}
+
+/// `1h30m`-style rendering of a retention.
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// Builds the audit records of one request.
+struct Records<'a> {
+    request: &'a ApprovalRequest,
+    ns: &'a str,
+    name: &'a str,
+}
+
+impl Records<'_> {
+    fn base(&self, ctx: &Context, event: EventKind, outcome: Outcome) -> AuditRecord {
+        let spec = &self.request.spec;
+        let mut record = ctx.audit.record(event, outcome);
+        record.resource = Some(Resource {
+            target: Some(spec.target.clone()),
+            object: Some(format!("ApprovalRequest/{}/{}", self.ns, self.name)),
+            ..Resource::default()
+        });
+        record.policy = Some(format!("{}/{}", self.ns, spec.policy));
+        record.approval = Some(ApprovalDetails {
+            name: self.name.to_string(),
+            fingerprint: Some(spec.statement.fingerprint.clone()),
+            ..ApprovalDetails::default()
+        });
+        record
+    }
+
+    /// Approvals among the first `upto + 1` reviews that count.
+    fn approvals_up_to(&self, upto: usize) -> usize {
+        self.request.spec.reviews[..=upto]
+            .iter()
+            .filter(|r| {
+                r.decision == Decision::Approved && r.reviewer.is_some() && r.time.is_some()
+            })
+            .count()
+    }
+
+    /// One line about review `index`, for its Event and audit message.
+    fn review_summary(&self, index: usize) -> String {
+        let spec = &self.request.spec;
+        let review = &spec.reviews[index];
+        let Some(reviewer) = review.reviewer.as_deref() else {
+            return format!(
+                "review {index} carries no authenticated reviewer (the admission webhook did not stamp it) and does not count"
+            );
+        };
+        let reason = review
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        match review.decision {
+            Decision::Approved => format!(
+                "{reviewer} approved ({} of {} approvals){reason}",
+                self.approvals_up_to(index),
+                spec.quorum
+            ),
+            Decision::Denied => format!("{reviewer} denied{reason}"),
+        }
+    }
+
+    /// `approval.review` with the authenticated reviewer as the actor.
+    fn review(&self, ctx: &Context, index: usize) -> AuditRecord {
+        let review = &self.request.spec.reviews[index];
+        let stamped = review.reviewer.is_some() && review.time.is_some();
+        let mut record = self.base(
+            ctx,
+            EventKind::ApprovalReview,
+            if stamped {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+        );
+        record.actor = review.reviewer.as_ref().map(|r| Actor {
+            subject: r.clone(),
+            issuer: None,
+            groups: review.groups.clone(),
+        });
+        if let Some(a) = record.approval.as_mut() {
+            a.decision = Some(format!("{:?}", review.decision));
+            a.reviewer.clone_from(&review.reviewer);
+            a.reason.clone_from(&review.reason);
+        }
+        let at = review
+            .time
+            .as_ref()
+            .map(|t| format!(" at {}", show(t.0)))
+            .unwrap_or_default();
+        record.message = Some(format!("{}{at}", self.review_summary(index)));
+        record
+    }
+
+    /// The outcome: `approval.decided` (Approved, Denied, Consumed),
+    /// `approval.expired` or `approval.withdrawn`. With `retention`, the
+    /// final state before deletion, listing every review.
+    fn outcome(&self, ctx: &Context, eval: &Evaluation, retention: Option<&str>) -> AuditRecord {
+        let spec = &self.request.spec;
+        let (event, outcome) = match eval.phase {
+            Phase::Approved | Phase::Consumed => (EventKind::ApprovalDecided, Outcome::Success),
+            Phase::Denied | Phase::Pending => (EventKind::ApprovalDecided, Outcome::Failure),
+            Phase::Expired => (EventKind::ApprovalExpired, Outcome::Failure),
+            Phase::Withdrawn => (EventKind::ApprovalWithdrawn, Outcome::Failure),
+        };
+        let mut record = self.base(ctx, event, outcome);
+        // The actor: whoever made the outcome — the last deciding reviewer,
+        // or the requester for a withdrawal or use.
+        let decider = eval.decided_by.last().and_then(|who| {
+            spec.reviews
+                .iter()
+                .find(|r| r.reviewer.as_deref() == Some(who.as_str()))
+        });
+        record.actor = match eval.phase {
+            Phase::Withdrawn | Phase::Consumed => Some(Actor {
+                subject: spec.requester.subject.clone(),
+                issuer: spec.requester.issuer.clone(),
+                groups: spec.requester.groups.clone(),
+            }),
+            Phase::Approved | Phase::Denied => decider.map(|r| Actor {
+                subject: r.reviewer.clone().unwrap_or_default(),
+                issuer: None,
+                groups: r.groups.clone(),
+            }),
+            Phase::Expired | Phase::Pending => None,
+        };
+        if let Some(a) = record.approval.as_mut() {
+            a.decision = Some(phase_name(eval.phase));
+            a.reviewer = decider.and_then(|r| r.reviewer.clone());
+            a.reason = decider.and_then(|r| r.reason.clone());
+        }
+        let mut message = eval.message.clone();
+        if let Some(note) = retention {
+            let reviews: Vec<String> = spec
+                .reviews
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    format!(
+                        "{}. {:?} by {}{}{}{}",
+                        i + 1,
+                        r.decision,
+                        r.reviewer.as_deref().unwrap_or("<unstamped>"),
+                        if r.groups.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (groups {})", r.groups.join(", "))
+                        },
+                        r.time
+                            .as_ref()
+                            .map(|t| format!(" at {}", show(t.0)))
+                            .unwrap_or_default(),
+                        r.reason
+                            .as_deref()
+                            .map(|x| format!(": {x}"))
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let uses = self.request.status.as_ref().map_or(0, |s| s.uses);
+            message = format!(
+                "{note}. Final state: {}: {message}; uses {uses} of {}. Reviews: {}",
+                phase_name(eval.phase),
+                spec.max_uses,
+                if reviews.is_empty() {
+                    "none".into()
+                } else {
+                    reviews.join("; ")
+                }
+            );
+        }
+        record.message = Some(message);
+        record
+    }
+}
