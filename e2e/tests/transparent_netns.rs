@@ -344,8 +344,11 @@ fn transparent_interception_in_network_namespaces() {
             .spawn()
             .unwrap(),
     );
+    let up = netns::wait_until(Duration::from_secs(30), || {
+        matches!(running.0.try_wait(), Ok(Some(_))) || ready(&pod)
+    });
     assert!(
-        netns::wait_until(Duration::from_secs(30), || ready(&pod)),
+        up && matches!(running.0.try_wait(), Ok(None)),
         "sidecar not ready: {}",
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
