@@ -473,3 +473,79 @@ fn transparent_interception_in_network_namespaces() {
     assert!(connects(&pod, AGENT_UID, db4), "the agent is direct again");
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// `*-save` of one backend, rule and chain lines only.
+fn saved_with(pod: &Netns, tool: &str) -> String {
+    let out = pod.command(tool).output().unwrap();
+    assert!(out.status.success(), "{tool}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A") || l.starts_with(":CARDGATE"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn transparent_init_keeps_to_the_backend_already_in_use() {
+    if !available() {
+        return;
+    }
+    let sidecar = netns::sidecar_binary();
+    let pod = Netns::create("legacy").unwrap();
+    let work = Workdir::new();
+    let config_file = work.path("config.yaml");
+    std::fs::write(&config_file, config(&work.path("audit.log"))).unwrap();
+    // Something in the pod (a CNI plugin, a mesh) already uses the legacy
+    // x_tables interface: init must program the same one.
+    let out = pod
+        .command("iptables-legacy")
+        .args(["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let foreign = saved_with(&pod, "iptables-legacy-save");
+
+    let init = |args: &[&str]| {
+        let out = pod
+            .command(&sidecar)
+            .arg("init")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let config_arg = config_file.to_str().unwrap();
+
+    let dry = init(&["--config", config_arg, "--dry-run"]);
+    assert!(dry.contains("dry run, not applied"), "{dry}");
+    assert!(dry.contains("-j REDIRECT --to-ports 15001"), "{dry}");
+    assert_eq!(saved_with(&pod, "iptables-legacy-save"), foreign);
+
+    let report = init(&["--config", config_arg]);
+    assert!(
+        report.contains("# IPv4 rules installed with iptables-legacy"),
+        "{report}"
+    );
+    let v4 = saved_with(&pod, "iptables-legacy-save");
+    let v6 = saved_with(&pod, "ip6tables-legacy-save");
+    assert!(v4.contains(":CARDGATE_DROP") && v6.contains(":CARDGATE_DROP"));
+    assert!(v4.contains("-A INPUT -i lo -j ACCEPT"), "{v4}");
+    assert!(
+        !saved_with(&pod, "iptables-nft-save").contains("CARDGATE"),
+        "rules went into both backends"
+    );
+
+    init(&["--config", config_arg]);
+    assert_eq!(saved_with(&pod, "iptables-legacy-save"), v4);
+    assert_eq!(saved_with(&pod, "ip6tables-legacy-save"), v6);
+
+    let removed = init(&["--cleanup"]);
+    assert!(
+        removed.contains("rules removed from iptables-legacy"),
+        "{removed}"
+    );
+    assert_eq!(saved_with(&pod, "iptables-legacy-save"), foreign);
+    assert_eq!(saved_with(&pod, "ip6tables-legacy-save"), "");
+    assert!(init(&["--cleanup"]).contains("no cardgate rules are installed"));
+}
