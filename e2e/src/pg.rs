@@ -42,10 +42,26 @@ pub const PANS: &[&str] = &[
 /// file `make demo` loads).
 pub const SCHEMA: &str = include_str!("../../config/standalone/payments.sql");
 
+/// Where a server listens, for servers that are not on 127.0.0.1 of this
+/// network namespace.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// `listen_addresses`: comma-separated addresses.
+    pub addresses: String,
+    /// TCP port.
+    pub port: u16,
+    /// Network namespace (`ip netns`) the server runs in.
+    pub netns: Option<String>,
+    /// Client ranges admitted over TCP with a password (pg_hba `host` lines),
+    /// besides loopback.
+    pub clients: Vec<String>,
+}
+
 /// A running PostgreSQL server.
 pub struct Postgres {
-    /// TCP port on 127.0.0.1.
+    /// TCP port (on 127.0.0.1 unless started with [`Postgres::start_on`]).
     pub port: u16,
+    listen: Listen,
     dir: PathBuf,
     bin: PathBuf,
     child: Mutex<Option<Child>>,
@@ -85,6 +101,18 @@ impl Postgres {
 
     /// Starts a dedicated server with the payments schema.
     pub fn start() -> Postgres {
+        let port = free_port();
+        Self::start_on(Listen {
+            addresses: "127.0.0.1".into(),
+            port,
+            netns: None,
+            clients: Vec::new(),
+        })
+    }
+
+    /// Starts a dedicated server with the payments schema on `listen`; the
+    /// superuser still reaches it over its Unix socket from anywhere.
+    pub fn start_on(listen: Listen) -> Postgres {
         let bin = bin_dir();
         let as_postgres_user = unsafe { libc::geteuid() } == 0;
         let dir = std::env::temp_dir().join(format!(
@@ -120,8 +148,19 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if !listen.clients.is_empty() {
+            use std::io::Write;
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .expect("open pg_hba.conf");
+            for c in &listen.clients {
+                writeln!(hba, "host all all {c} md5").expect("write pg_hba.conf");
+            }
+        }
         let pg = Postgres {
-            port: free_port(),
+            port: listen.port,
+            listen,
             dir,
             bin,
             child: Mutex::new(None),
@@ -137,27 +176,56 @@ impl Postgres {
         if self.as_postgres_user {
             chown_postgres(&self.dir.join("postgres.log"));
         }
-        let child = run_as(
-            self.as_postgres_user,
-            Command::new(self.bin.join("postgres"))
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
-                .arg(self.dir.join("sock"))
-                .args([
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "max_connections=400",
-                    "-c",
-                    "shared_buffers=32MB",
-                ])
-                .args(["-c", "password_encryption=scram-sha-256"])
-                .stdout(Stdio::null())
-                .stderr(log),
-        )
-        .spawn()
-        .expect("start postgres");
+        let mut command = match &self.listen.netns {
+            // `ip netns exec` must run as root; the server drops to the
+            // postgres user after entering the namespace.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if self.as_postgres_user {
+                    let (uid, gid) = postgres_ids();
+                    c.args([
+                        "setpriv",
+                        "--reuid",
+                        &uid.to_string(),
+                        "--regid",
+                        &gid.to_string(),
+                    ]);
+                    c.args(["--clear-groups", "--"]);
+                }
+                c.arg(self.bin.join("postgres")).env("HOME", "/tmp");
+                c
+            }
+            None => {
+                let mut c = Command::new(self.bin.join("postgres"));
+                run_as(self.as_postgres_user, &mut c);
+                c
+            }
+        };
+        let child = command
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-h",
+                &self.listen.addresses,
+                "-k",
+            ])
+            .arg(self.dir.join("sock"))
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=400",
+                "-c",
+                "shared_buffers=32MB",
+            ])
+            .args(["-c", "password_encryption=scram-sha-256"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
         *self.child.lock().unwrap() = Some(child);
         self.wait_ready();
     }
@@ -165,8 +233,11 @@ impl Postgres {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Over the Unix socket: it works from any network namespace.
             let ok = Command::new(self.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .arg("-h")
+                .arg(self.dir.join("sock"))
+                .args(["-p", &self.port.to_string(), "-q"])
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {

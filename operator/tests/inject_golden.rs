@@ -7,7 +7,7 @@ mod inject_support;
 
 use std::process::Command;
 
-use cardgate_crds::pod::{LABEL_PROXIED, SIDECAR_CONTAINER};
+use cardgate_crds::pod::{INIT_CONTAINER, LABEL_PROXIED, SIDECAR_CONTAINER};
 use cardgate_operator::inject::{
     ANNOTATION_INJECTED, InjectedItems, inject, json_patch_between, validate_pod,
 };
@@ -98,13 +98,59 @@ fn golden_pods_are_governed_as_intended() {
             .filter(|c| c.name == SIDECAR_CONTAINER)
             .collect();
         assert_eq!(sidecars.len(), 1, "{}", case.name);
-        let native = spec
+        // Transparent pods start with the interception step, then (native
+        // mode) the sidecar; nothing else comes before them.
+        let items: InjectedItems =
+            serde_json::from_str(&pod.annotations()[ANNOTATION_INJECTED]).unwrap();
+        let transparent = !items.transparent_targets.is_empty();
+        let first: Vec<&str> = spec
             .init_containers
             .iter()
             .flatten()
-            .next()
-            .is_some_and(|c| c.name == SIDECAR_CONTAINER);
-        assert_eq!(native, !case.legacy, "{}", case.name);
+            .map(|c| c.name.as_str())
+            .take(2)
+            .collect();
+        let expected_first: Vec<&str> = [
+            transparent.then_some(INIT_CONTAINER),
+            (!case.legacy).then_some(SIDECAR_CONTAINER),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        assert_eq!(
+            &first[..expected_first.len().min(first.len())],
+            &expected_first[..],
+            "{}",
+            case.name
+        );
+        let inits: Vec<_> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .filter(|c| c.name == INIT_CONTAINER)
+            .collect();
+        assert_eq!(inits.len(), usize::from(transparent), "{}", case.name);
+        if let Some(init) = inits.first() {
+            let sc = init.security_context.as_ref().unwrap();
+            let caps = sc.capabilities.as_ref().unwrap();
+            assert_eq!(
+                caps.add.as_deref(),
+                Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+            );
+            assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+            assert_eq!(
+                sc.run_as_user,
+                Some(0),
+                "iptables needs effective capabilities"
+            );
+            assert_eq!(sc.privileged, Some(false));
+            assert_eq!(
+                init.args.as_deref().unwrap().join(" "),
+                "init --config /etc/cardgate/config.yaml"
+            );
+            assert!(init.env.is_none(), "{}", case.name);
+        }
         assert_eq!(
             sidecars[0].restart_policy.as_deref(),
             (!case.legacy).then_some("Always")
@@ -115,7 +161,7 @@ fn golden_pods_are_governed_as_intended() {
             .iter()
             .flatten()
             .chain(&spec.containers)
-            .filter(|c| c.name != SIDECAR_CONTAINER)
+            .filter(|c| c.name != SIDECAR_CONTAINER && c.name != INIT_CONTAINER)
         {
             for m in c.volume_mounts.iter().flatten() {
                 assert!(
@@ -136,8 +182,6 @@ fn golden_pods_are_governed_as_intended() {
                 c.name
             );
         }
-        let items: InjectedItems =
-            serde_json::from_str(&pod.annotations()[ANNOTATION_INJECTED]).unwrap();
         assert!(items.volumes.contains(&"cardgate-config".to_string()));
         validate_pod(
             &pod,

@@ -5,7 +5,7 @@ mod inject_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cardgate_crds::pod::SIDECAR_CONTAINER;
+use cardgate_crds::pod::{INIT_CONTAINER, SIDECAR_CONTAINER};
 use cardgate_operator::inject::{inject, json_patch_between, validate_pod};
 use inject_support::{Catalog, settings};
 use k8s_openapi::api::core::v1::{
@@ -183,9 +183,19 @@ proptest! {
         let spec = once.spec.as_ref().unwrap();
         let all: Vec<&Container> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
         prop_assert_eq!(all.iter().filter(|c| c.name == SIDECAR_CONTAINER).count(), 1);
+        // Transparent policies get the interception step first, exactly once.
+        let transparent = policy
+            .spec
+            .targets
+            .iter()
+            .any(|t| t.transparent.unwrap_or(policy.spec.transparent));
+        prop_assert_eq!(all.iter().filter(|c| c.name == INIT_CONTAINER).count(), usize::from(transparent));
+        if transparent {
+            prop_assert_eq!(spec.init_containers.as_ref().unwrap()[0].name.as_str(), INIT_CONTAINER);
+        }
         let volume_names: BTreeSet<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
         prop_assert!(!volume_names.iter().any(|v| v.starts_with("kube-api-access-")));
-        for c in all.iter().filter(|c| c.name != SIDECAR_CONTAINER) {
+        for c in all.iter().filter(|c| c.name != SIDECAR_CONTAINER && c.name != INIT_CONTAINER) {
             let mounts: Vec<&str> = c.volume_mounts.iter().flatten().map(|m| m.name.as_str()).collect();
             prop_assert_eq!(mounts.iter().filter(|m| **m == "cardgate-agent-token").count(), 1);
             prop_assert!(mounts.iter().all(|m| volume_names.contains(m)), "dangling mount in {:?}", mounts);

@@ -205,3 +205,150 @@ fn opted_out_and_injected_pods_are_recognised() {
     assert!(cardgate_operator::inject::opted_out(&pod));
     assert!(cardgate_operator::inject::is_injected(&injected_langflow()));
 }
+
+/// The reporting pod injected under its transparent policy (native sidecar),
+/// with the interception init container first.
+fn injected_transparent() -> k8s_openapi::api::core::v1::Pod {
+    let catalog = Catalog::load();
+    let (_, pod) = read_pod("transparent-native/pod.yaml");
+    inject(
+        &pod,
+        catalog.policy("reporting"),
+        &catalog.rules_in("analytics"),
+        None,
+        &settings(false),
+    )
+    .expect("injects")
+}
+
+fn validate_transparent(pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), Vec<String>> {
+    let catalog = Catalog::load();
+    validate_pod(
+        pod,
+        Some(catalog.policy("reporting")),
+        &catalog.rules_in("analytics"),
+        &settings(false),
+    )
+}
+
+fn init_of(pod: &mut k8s_openapi::api::core::v1::Pod) -> &mut Container {
+    let init = pod.spec.as_mut().unwrap().init_containers.as_mut().unwrap();
+    assert_eq!(init[0].name, "cardgate-init");
+    &mut init[0]
+}
+
+#[test]
+fn the_interception_step_keeps_its_capabilities_and_agents_still_get_none() {
+    let ok = injected_transparent();
+    validate_transparent(&ok).unwrap();
+    // Everything that could undo the rules stays refused to the agent of a
+    // transparent pod, although another container of the pod holds
+    // NET_ADMIN.
+    fn sc(
+        p: &mut k8s_openapi::api::core::v1::Pod,
+    ) -> &mut k8s_openapi::api::core::v1::SecurityContext {
+        p.spec.as_mut().unwrap().containers[0]
+            .security_context
+            .get_or_insert_with(Default::default)
+    }
+    fn caps(p: &mut k8s_openapi::api::core::v1::Pod, cap: &str) {
+        sc(p).capabilities = Some(k8s_openapi::api::core::v1::Capabilities {
+            add: Some(vec![cap.into()]),
+            ..Default::default()
+        });
+    }
+    type Change = fn(&mut k8s_openapi::api::core::v1::Pod);
+    let cases: Vec<(&str, Change)> = vec![
+        ("adds capability NET_ADMIN", |p| caps(p, "NET_ADMIN")),
+        ("adds capability NET_RAW", |p| caps(p, "NET_RAW")),
+        ("is privileged", |p| sc(p).privileged = Some(true)),
+        ("runs as UID 2102", |p| sc(p).run_as_user = Some(2102)),
+    ];
+    for (expect, change) in cases {
+        let mut pod = ok.clone();
+        change(&mut pod);
+        let problems = validate_transparent(&pod).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("cardgate: container \"report\"") && p.contains(expect)),
+            "{expect}: {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn nothing_can_pose_as_the_interception_step() {
+    let ok = injected_transparent();
+    // Another image, another command, or the name on a regular or debug
+    // container: refused, and its capabilities are refused as an agent's.
+    let mut other_image = ok.clone();
+    init_of(&mut other_image).image = Some("docker.io/attacker/nettools:1".into());
+    let problems = validate_transparent(&other_image).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains(
+            "container \"cardgate-init\" runs image \"docker.io/attacker/nettools:1\", which is not the cardgate sidecar"
+        )),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("container \"cardgate-init\" adds capability NET_ADMIN")),
+        "{problems:#?}"
+    );
+
+    let mut shell = ok.clone();
+    init_of(&mut shell).command = Some(vec!["/bin/sh".into(), "-c".into()]);
+    let problems = validate_transparent(&shell).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains(
+            "does not run exactly `cardgate-sidecar init --config /etc/cardgate/config.yaml`"
+        )),
+        "{problems:#?}"
+    );
+
+    let mut cleanup = ok.clone();
+    init_of(&mut cleanup).args = Some(vec!["init".into(), "--cleanup".into()]);
+    assert!(validate_transparent(&cleanup).is_err());
+
+    let mut regular = ok.clone();
+    let init = init_of(&mut regular).clone();
+    let spec = regular.spec.as_mut().unwrap();
+    spec.init_containers.as_mut().unwrap().remove(0);
+    spec.containers.push(init);
+    let problems = validate_transparent(&regular).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("container \"cardgate-init\" is not an init container")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("container \"cardgate-init\" adds capability NET_ADMIN")),
+        "{problems:#?}"
+    );
+
+    // A genuine-looking step under another name is just an agent with
+    // NET_ADMIN.
+    let mut renamed = ok.clone();
+    let mut copy = init_of(&mut renamed).clone();
+    copy.name = "setup".into();
+    renamed
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .as_mut()
+        .unwrap()
+        .push(copy);
+    let problems = validate_transparent(&renamed).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("container \"setup\" adds capability NET_ADMIN")),
+        "{problems:#?}"
+    );
+}

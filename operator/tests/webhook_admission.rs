@@ -375,6 +375,7 @@ async fn governed_pods_that_keep_the_rules_are_admitted() {
         ("langflow-deployment", "agents"),
         ("init-containers", "payments"),
         ("own-volumes", "agents"),
+        ("transparent-native", "analytics"),
     ] {
         let pod = pod_json(&format!("{case}/expected.yaml"));
         let resp = call(
@@ -421,6 +422,76 @@ async fn governed_pods_that_keep_the_rules_are_admitted() {
     )
     .await;
     assert_eq!(resp["allowed"], true);
+}
+
+#[tokio::test]
+async fn in_transparent_pods_only_the_genuine_interception_step_holds_net_admin() {
+    let w = start(true).await;
+    // The injector puts the interception step first and says which
+    // targets keep their connection settings.
+    let raw = pod_json("transparent-native/pod.yaml");
+    let resp = call(
+        &w,
+        "/mutate/pods",
+        &review("transparent", "CREATE", "analytics", &raw, None),
+        false,
+    )
+    .await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("payments-db")),
+        "{resp}"
+    );
+    let patch: json_patch::Patch =
+        serde_json::from_slice(&STANDARD.decode(resp["patch"].as_str().unwrap()).unwrap()).unwrap();
+    let mut pod = raw.clone();
+    json_patch::patch(&mut pod, &patch.0).unwrap();
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "cardgate-init");
+    assert_eq!(pod["spec"]["initContainers"][1]["name"], "cardgate-sidecar");
+    let resp = call(
+        &w,
+        "/validate/pods",
+        &review("transparent-ok", "CREATE", "analytics", &pod, None),
+        false,
+    )
+    .await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let mut agent = pod.clone();
+    agent["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
+    let mut impostor = pod.clone();
+    impostor["spec"]["initContainers"][0]["image"] = json!("docker.io/attacker/nettools:1");
+    let mut shell = pod.clone();
+    shell["spec"]["initContainers"][0]["command"] = json!(["/bin/sh", "-c", "iptables -F"]);
+    for (name, pod, expect) in [
+        (
+            "agent",
+            agent,
+            "container \"report\" adds capability NET_ADMIN",
+        ),
+        (
+            "impostor",
+            impostor,
+            "container \"cardgate-init\" runs image \"docker.io/attacker/nettools:1\"",
+        ),
+        (
+            "shell",
+            shell,
+            "container \"cardgate-init\" does not run exactly `cardgate-sidecar init",
+        ),
+    ] {
+        let resp = call(
+            &w,
+            "/validate/pods",
+            &review(name, "CREATE", "analytics", &pod, None),
+            false,
+        )
+        .await;
+        assert_eq!(resp["allowed"], false, "{name}: {resp}");
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(message.contains(expect), "{name}: {message}");
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ pub mod approval;
 pub mod audit;
 pub mod gate;
 pub mod identity;
+pub mod intercept;
 pub mod masking;
 pub mod policy;
 pub mod postgres;

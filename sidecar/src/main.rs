@@ -50,6 +50,9 @@ enum Command {
         #[command(subcommand)]
         command: cardgate_sidecar::identity::dev::DevCommand,
     },
+    /// Program the pod's network namespace for transparent interception
+    /// (run by the `cardgate-init` init container, which has NET_ADMIN).
+    Init(cardgate_sidecar::intercept::InitArgs),
     /// Review approval requests of a local directory store (standalone
     /// mode): list, show, approve, deny.
     Approvals(cardgate_sidecar::approval::cli::ApprovalsArgs),
@@ -184,6 +187,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Init(args) => {
+            cardgate_sidecar::intercept::run(&args, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Mask(args) => {
             cardgate_sidecar::masking::cli::run(

@@ -3,8 +3,9 @@
 //! (explicit mode), and no API-server token.
 //!
 //! Transparent targets are reached through iptables interception instead of
-//! environment variables; [`AgentEnv::transparent_targets`] lists them, and is
-//! where the interception init container (`cardgate-init`) hooks in.
+//! environment variables; [`AgentEnv::transparent_targets`] lists them, and
+//! when it is not empty the interception init container (`cardgate-init`)
+//! is added.
 
 use cardgate_crds::pod::{AGENT_TOKEN_AUDIENCE, AGENT_TOKEN_FILE, ENV_AGENT_TOKEN_FILE};
 use cardgate_crds::v1alpha1::{AccessPolicy, Protocol, Target};

@@ -11,6 +11,7 @@
 //! - [`json_patch_between`]: the JSON Patch the webhook returns.
 
 mod agent;
+mod interception;
 mod patch;
 mod select;
 mod sidecar;
@@ -159,8 +160,9 @@ pub fn opted_out(pod: &Pod) -> bool {
 
 /// Returns `pod` as the governed pod it must become under `policy`: the
 /// cardgate sidecar with its configuration, credentials and tokens; the agent
-/// containers with their own token, pointed at the sidecar (explicit mode);
-/// no API-server token outside the sidecar. `masking_rules` are the
+/// containers with their own token, pointed at the sidecar (explicit mode)
+/// or intercepted by the `cardgate-init` container's iptables rules
+/// (transparent mode); no API-server token outside the sidecar. `masking_rules` are the
 /// MaskingRules of the policy's namespace; `config_hash` is the rendered
 /// ConfigMap's hash when it exists. A pod that already has the sidecar is
 /// returned unchanged, so re-invocation is a no-op.
@@ -204,16 +206,22 @@ pub fn inject(
     spec.volumes = Some(volumes);
 
     // Transparent targets (`env.transparent_targets`) get no environment;
-    // the interception init container goes in front of the sidecar here.
+    // the interception init container runs first instead, so the rules are
+    // in place before the sidecar or any agent starts.
     let sidecar_in = if settings.legacy_sidecar {
         spec.containers.push(plan.container(false));
         "containers"
     } else {
-        let mut init = spec.init_containers.take().unwrap_or_default();
-        init.insert(0, plan.container(true));
-        spec.init_containers = Some(init);
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, plan.container(true));
         "initContainers"
     };
+    if !env.transparent_targets.is_empty() {
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, interception::init_container(settings));
+    }
 
     let items = InjectedItems {
         sidecar_in: sidecar_in.to_string(),

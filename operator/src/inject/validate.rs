@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cardgate_crds::pod::{
-    AGENT_TOKEN_FILE, COLLECTOR_AUDIENCE, LABEL_PROXIED, SIDECAR_CONTAINER, SIDECAR_UID,
-    config_map_name,
+    AGENT_TOKEN_FILE, COLLECTOR_AUDIENCE, INIT_CONTAINER, LABEL_PROXIED, SIDECAR_CONTAINER,
+    SIDECAR_UID, config_map_name,
 };
 use cardgate_crds::v1alpha1::{AccessPolicy, MaskActionType, MaskingRule};
 use k8s_openapi::api::core::v1::{
@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 
 use super::agent::AGENT_TOKEN_VOLUME;
+use super::interception;
 use super::sidecar::{CONFIG_VOLUME, find_sidecar};
 use super::{InjectSettings, VOLUME_PREFIX};
 
@@ -99,12 +100,44 @@ pub fn validate_pod(
     }
 
     let pod_sc = spec.security_context.as_ref();
-    let agents = spec
+    let sidecar_repository = repository(&settings.image);
+    // The genuine interception init container is the one container allowed
+    // NET_ADMIN and NET_RAW; anything else named like it is an agent.
+    let mut genuine_init = |c: &Container| match interception::impostor(c, sidecar_repository) {
+        None => true,
+        Some(why) => {
+            problems.push(format!(
+                "cardgate: container {INIT_CONTAINER:?} {why}; remove the container and let the injector add it"
+            ));
+            false
+        }
+    };
+    let init: Vec<&Container> = spec
         .init_containers
         .iter()
         .flatten()
-        .chain(&spec.containers)
         .filter(|c| c.name != SIDECAR_CONTAINER)
+        .filter(|c| c.name != INIT_CONTAINER || !genuine_init(c))
+        .collect();
+    for c in spec.containers.iter().map(|c| c.name.as_str()).chain(
+        spec.ephemeral_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str()),
+    ) {
+        if c == INIT_CONTAINER {
+            problems.push(format!(
+                "cardgate: container {INIT_CONTAINER:?} is not an init container; rename it — the name is reserved for the interception step the injector adds"
+            ));
+        }
+    }
+    let agents = init
+        .into_iter()
+        .chain(
+            spec.containers
+                .iter()
+                .filter(|c| c.name != SIDECAR_CONTAINER),
+        )
         .map(View::from)
         .chain(spec.ephemeral_containers.iter().flatten().map(View::from));
     let check = AgentCheck {
@@ -189,7 +222,7 @@ fn check_identity(
 /// Image name without tag or digest: `registry:5000/cardgate-sidecar:1.2`
 /// becomes `registry:5000/cardgate-sidecar`, so a sidecar injected by the
 /// previous operator version during an upgrade is still recognised.
-fn repository(image: &str) -> &str {
+pub(super) fn repository(image: &str) -> &str {
     let image = image.split('@').next().unwrap_or(image);
     let slash = image.rfind('/').map_or(0, |i| i + 1);
     match image[slash..].rfind(':') {

@@ -138,6 +138,12 @@ pub fn cases() -> Vec<Case> {
             legacy: true,
             config_hash: Some(CONFIG_HASH),
         },
+        Case {
+            name: "transparent-native",
+            policy: "reporting",
+            legacy: false,
+            config_hash: Some(CONFIG_HASH),
+        },
     ]
 }
 

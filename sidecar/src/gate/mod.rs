@@ -235,7 +235,12 @@ impl Guard for Gate {
                 ..Actor::default()
             });
         }
-        rec.resource = Some(self.resource(&client.database));
+        // The client's target, not this gate's: a redirected connection to an
+        // address no target claims is reported through some target's gate.
+        rec.resource = Some(Resource {
+            target: (!client.target.is_empty()).then(|| client.target.clone()),
+            ..self.resource(&client.database)
+        });
         rec.message = Some(self.masked(reason));
         self.record(rec);
     }

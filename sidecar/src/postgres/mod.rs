@@ -5,7 +5,8 @@
 //! Layering: [`codec`] and [`messages`] are sans-IO framing and parsing;
 //! [`stream`] buffers whole messages off sockets; [`startup`] and
 //! [`upstream`] run the two handshakes; [`relay`] pairs requests and
-//! responses; [`server`] ties a listener to them. Decisions live behind
+//! responses; [`server`] ties a listener to them; [`transparent`] routes
+//! connections redirected by iptables to the target they were meant for. Decisions live behind
 //! [`guard::Guard`].
 
 pub mod cancel;
@@ -18,6 +19,7 @@ pub mod server;
 pub mod startup;
 pub mod stream;
 pub mod tls;
+pub mod transparent;
 pub mod upstream;
 
 /// PostgreSQL's own cap on a startup packet.

@@ -127,7 +127,7 @@ impl<G: Guard> TargetProxy<G> {
         info.application_name = params.application_name.clone();
         info.tls = reader.get_ref().is_tls();
 
-        let same_host = peer.ip().is_loopback() || local.is_some_and(|l| l.ip() == peer.ip());
+        let same_host = peer.ip().is_loopback() || local.is_some_and(|l| is_same_host(peer, l));
         if !info.tls && !same_host {
             let e = StartupError {
                 code: "28000",
@@ -236,6 +236,33 @@ impl<G: Guard> TargetProxy<G> {
     }
 }
 
+/// Whether a client at `peer` runs on this host, so its token never crossed
+/// a network. A connection redirected by iptables (transparent mode) arrives
+/// at a loopback address but keeps the pod's own address as its source; the
+/// kernel only delivers such a connection when the source is local too,
+/// which binding to it confirms.
+fn is_same_host(peer: SocketAddr, local: SocketAddr) -> bool {
+    let peer = peer.ip().to_canonical();
+    local.ip().to_canonical() == peer
+        || (local.ip().to_canonical().is_loopback() && std::net::UdpSocket::bind((peer, 0)).is_ok())
+}
+
 fn session_id() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_same_host;
+
+    #[test]
+    fn redirected_local_clients_are_on_this_host_and_remote_ones_are_not() {
+        let at = |s: &str| s.parse().unwrap();
+        assert!(is_same_host(at("127.0.0.1:5000"), at("127.0.0.1:15001")));
+        assert!(is_same_host(at("10.1.2.3:5000"), at("10.1.2.3:15432")));
+        // 192.0.2.1 (TEST-NET-1) is not an address of this host: a
+        // connection from it to a loopback address did not come from here.
+        assert!(!is_same_host(at("192.0.2.1:5000"), at("127.0.0.1:15001")));
+        assert!(!is_same_host(at("192.0.2.1:5000"), at("10.1.2.3:15432")));
+    }
 }

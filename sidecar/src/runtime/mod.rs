@@ -23,11 +23,13 @@ use crate::admin::{AdminServer, Metrics, Readiness};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::gate::{self, Gate};
 use crate::identity::{Authenticator, PodIdentity};
+use crate::intercept::Cidr;
 use crate::masking::Masker;
 use crate::policy::{Classifier, Policy};
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::guard::RowLimits;
 use crate::postgres::server::TargetProxy;
+use crate::postgres::transparent;
 use crate::postgres::upstream::UpstreamSettings;
 use crate::recording::{RecordingLimits, Recordings};
 
@@ -158,6 +160,7 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
     let (stop, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
     let mut listeners = Vec::new();
+    let mut transparent = Vec::new();
     for t in &config.targets {
         if t.protocol != TargetProtocol::Postgres {
             anyhow::bail!(
@@ -179,6 +182,11 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
             Arc::clone(&cancels),
             Arc::clone(&connections),
         ));
+        if t.transparent {
+            let claims = t.upstream.addresses.iter().filter_map(|a| Cidr::parse(a));
+            let claims = claims.map(|c| (c, t.upstream.port)).collect();
+            transparent.push((claims, Arc::clone(&proxy)));
+        }
         let Some(listen) = &t.listen else { continue };
         let listener = TcpListener::bind(listen)
             .await
@@ -190,6 +198,24 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
         servers.push(tokio::spawn(proxy.serve(listener, async move {
             let _ = rx.wait_for(|s| *s).await;
         })));
+    }
+    if let Some(listen) = &config.proxy.transparent_listen
+        && !transparent.is_empty()
+    {
+        let addr: SocketAddr = listen.parse().context("proxy.transparentListen")?;
+        let bound = transparent::bind(addr)
+            .with_context(|| format!("cannot listen on proxy.transparentListen {addr}"))?;
+        for l in &bound {
+            tracing::info!(addr = %l.local_addr()?, "serving redirected connections");
+        }
+        let mut rx = stop_rx.clone();
+        servers.push(tokio::spawn(transparent::serve_transparent(
+            bound,
+            transparent,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )));
     }
     let admin_addr: SocketAddr = config.admin.listen.parse().context("admin.listen")?;
     let admin_server = AdminServer::bind(admin_addr, Arc::clone(&metrics), readiness.clone())
