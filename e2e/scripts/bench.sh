@@ -33,8 +33,8 @@ trap cleanup EXIT
 [ -f "$work/pgdata/postmaster.pid" ] && "${as_pg[@]}" "$bin/pg_ctl" -D "$work/pgdata" stop -m immediate >/dev/null 2>&1 || true
 rm -rf "$work"
 mkdir -p "$work/pgdata" "$work/sock"
-chmod 0755 "$work"
-[ ${#as_pg[@]} -gt 0 ] && chown -R postgres "$work/pgdata" "$work/sock"
+# The database runs as postgres when we are root: it writes its log here.
+if [ ${#as_pg[@]} -gt 0 ]; then chown -R postgres "$work"; fi
 "${as_pg[@]}" "$bin/initdb" -D "$work/pgdata" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
   -E UTF8 --locale=C --no-sync >/dev/null
 "${as_pg[@]}" "$bin/pg_ctl" -D "$work/pgdata" -l "$work/postgres.log" -w \
@@ -94,7 +94,7 @@ default_pool_size = 100
 logfile = $work/pgbouncer.log
 EOF
 printf '"bench" "%s"\n' "$password" >"$work/userlist.txt"
-if [ "$(id -u)" -eq 0 ]; then chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt; chmod 0777 "$work"; fi
+if [ ${#as_pg[@]} -gt 0 ]; then chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt; fi
 "${as_pg[@]}" pgbouncer -q "$work/pgbouncer.ini" &
 pids+=("$!")
 for _ in $(seq 100); do

@@ -46,7 +46,8 @@ rm -rf "$state"
 mkdir -p "$state"
 chmod 0755 "$state"
 sock=$root/$state/sock
-mkdir -p "$sock" "$pgdata"
+mkdir -p "$sock" "$pgdata" "$state/approvals"
+chmod 0700 "$state/approvals"
 if [ ${#as_pg[@]} -gt 0 ]; then chown postgres "$sock" "$pgdata"; fi
 
 bold "Starting a throwaway PostgreSQL on 127.0.0.1:$port with a payments schema"
@@ -113,19 +114,38 @@ SELECT '4111111111111111'::int;
 -- DDL is denied; the session stays usable
 DROP TABLE cards;
 SELECT count(*) AS orders FROM orders;
--- writes need a human's approval
-UPDATE orders SET status = 'refunded' WHERE id = 42;
 SQL
 
-bold "3. The audit trail: hash-chained JSON records (state/audit.log), verified"
+bold "3. A write waits for a human: approved from a second terminal"
+say "agent (terminal 1):  UPDATE orders SET status = 'refunded' WHERE id = 42;"
+agent_psql "$token" -c "UPDATE orders SET status = 'refunded' WHERE id = 42" >"$state/held.out" 2>&1 &
+held=$!
+for _ in $(seq 100); do ls "$state"/approvals/*.json >/dev/null 2>&1 && break; sleep 0.1; done
+sed 's/^/  /' "$state/held.out"
+request=$(basename "$(ls "$state"/approvals/*.json | head -n 1)" .json)
+say ""
+say "approver (terminal 2):  cardgate-sidecar approvals list, then approve"
+"$sidecar" approvals --config "$conf" list | sed 's/^/  /'
+"$sidecar" approvals --config "$conf" approve "$request" --as alice --reason "refund ticket 4711" | sed 's/^/  /'
+wait "$held" || true
+say ""
+say "agent (terminal 1), once approved:"
+sed 's/^/  /' "$state/held.out"
+
+bold "4. The audit trail: hash-chained JSON records (state/audit.log), verified"
 kill "$sc_pid"; wait "$sc_pid" 2>/dev/null || true; sc_pid=""
 "$sidecar" audit verify "$state/audit.log"
 say ""
 say "the DROP, as an auditor sees it:"
 grep '"class":"ddl"' "$state/audit.log" | head -n 1 | sed 's/^/  /'
+say ""
+say "the approved UPDATE, with the request that allowed it:"
+grep '"approval":"'"$request"'"' "$state/audit.log" | grep '"event":"statement"' | sed 's/^/  /'
 
-bold "4. Replay of the recorded session (masked, at 20x speed)"
-"$sidecar" replay --speed 20 "$(ls "$state"/recordings/*.jsonl | tail -n 1)" | sed 's/^/  /'
+bold "5. Replay of the recorded sessions (masked, at 20x speed)"
+for rec in "$state"/recordings/*.jsonl; do
+  "$sidecar" replay --speed 20 "$rec" | sed 's/^/  /'
+done
 
 bold "Done"
 say "Everything the demo wrote is in $state/ (audit.log, recordings/, sidecar.log)."
