@@ -312,6 +312,24 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Turns on TLS with the given PEM certificate chain and key (written
+    /// into the data directory, readable by the server only) and reloads.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        let data = self.dir.join("data");
+        for (name, content) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if self.as_postgres_user {
+                chown_postgres(&path);
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     /// Directory with PostgreSQL's binaries (psql, pgbench, …).
     pub fn bin_dir(&self) -> &Path {
         &self.bin

@@ -491,3 +491,114 @@ async fn framing_does_not_care_how_bytes_are_chunked() {
     assert!(contains(&reply, b"done"));
     assert_clean("reply", &reply);
 }
+
+const READ_ANYTHING: &str = r#"
+rules:
+  - {action: allow, match: {classes: [read, control]}}
+"#;
+
+/// A self-signed certificate for localhost and 127.0.0.1: (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_tls_is_verified_against_the_ca() {
+    let pg = Postgres::start();
+    let (cert, key) = self_signed();
+    pg.enable_tls(&cert, &key);
+    let tls = "    tls: {mode: verifyFull, caFile: ca.pem, serverName: localhost}";
+    let sc = Running::start_with(&pg, tls, READ_ANYTHING, |d| {
+        std::fs::write(d.join("ca.pem"), &cert).unwrap()
+    })
+    .await;
+    let client = sc.connect().await;
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the sidecar's upstream connection is encrypted");
+    // A server whose certificate another CA signed is refused.
+    let (other, _) = self_signed();
+    let sc = Running::start_with(&pg, tls, READ_ANYTHING, |d| {
+        std::fs::write(d.join("ca.pem"), &other).unwrap()
+    })
+    .await;
+    let err = sc
+        .config(&sc.agent_token())
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{err:?}");
+    assert!(text.contains("TLS to the database failed"), "{text}");
+    assert!(!text.contains(PROXY_PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_can_use_tls_to_the_sidecar() {
+    let pg = Postgres::shared();
+    let (cert, key) = self_signed();
+    let extra =
+        format!("{READ_ANYTHING}proxy: {{clientTls: {{certFile: tls.crt, keyFile: tls.key}}}}\n");
+    let sc = Running::start_with(pg, "", &extra, |d| {
+        std::fs::write(d.join("tls.crt"), &cert).unwrap();
+        std::fs::write(d.join("tls.key"), &key).unwrap();
+        std::fs::write(d.join("root.crt"), &cert).unwrap();
+    })
+    .await;
+    let (dir, port, token) = (sc.dir.clone(), sc.addr.port(), sc.agent_token());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin_dir().join("psql"))
+            .arg(format!(
+                "host=localhost port={port} user=agent-7 dbname=payments sslmode=verify-full sslrootcert={}",
+                dir.join("root.crt").display()
+            ))
+            .args(["-X", "-A", "-t", "-c", "SELECT 'over tls'"])
+            .env("PGPASSWORD", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("over tls"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_are_refused_while_the_audit_trail_is_down() {
+    let pg = Postgres::shared();
+    let sc = Running::start(pg, READ_ANYTHING).await;
+    let client = sc.connect().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    // The audit log's path becomes unwritable.
+    std::fs::rename(sc.audit_log(), sc.dir.join("audit.log.moved")).unwrap();
+    std::fs::create_dir(sc.audit_log()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match client.simple_query("SELECT 2").await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "statements still allowed with the audit trail down"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    let m = err.as_db_error().unwrap().message().to_string();
+    assert!(m.contains("audit trail is unavailable"), "{m}");
+}

@@ -9,20 +9,39 @@ use cardgate_sidecar::policy::{Classifier, MAX_CACHED_BYTES, MAX_CACHED_TEXT};
 #[test]
 fn holds_at_most_capacity_and_evicts_the_least_recently_used() {
     let cache = Classifier::new(3);
-    let a = cache.classify("SELECT 1");
-    let b = cache.classify("SELECT 2");
-    cache.classify("SELECT 3");
-    // A hit refreshes "SELECT 1" and returns the very same result.
-    assert!(Arc::ptr_eq(&a, &cache.classify("SELECT 1")));
-    cache.classify("SELECT 4");
+    let a = cache.classify("SELECT a");
+    let b = cache.classify("SELECT b");
+    cache.classify("SELECT c");
+    // A hit refreshes "SELECT a" and returns the very same result.
+    assert!(Arc::ptr_eq(&a, &cache.classify("SELECT a")));
+    cache.classify("SELECT d");
     assert_eq!(cache.len(), 3);
-    // "SELECT 2" was least recently used: it was evicted and is parsed anew.
-    assert!(!Arc::ptr_eq(&b, &cache.classify("SELECT 2")));
-    assert!(Arc::ptr_eq(&a, &cache.classify("SELECT 1")));
+    // "SELECT b" was least recently used: it was evicted and is parsed anew.
+    assert!(!Arc::ptr_eq(&b, &cache.classify("SELECT b")));
+    assert!(Arc::ptr_eq(&a, &cache.classify("SELECT a")));
     for i in 0..100 {
-        cache.classify(&format!("SELECT {i} FROM orders"));
+        cache.classify(&format!("SELECT c{i} FROM orders"));
         assert!(cache.len() <= 3);
     }
+}
+
+#[test]
+fn statements_differing_only_in_numbers_share_an_entry() {
+    let cache = Classifier::new(8);
+    let a = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 17");
+    let b = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 90210");
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(cache.len(), 1);
+    // Strings are part of the key: they can change the class.
+    let harmless = cache.classify("SELECT set_config('application_name', 'x', false)");
+    let role = cache.classify("SELECT set_config('role', 'x', false)");
+    assert!(!Arc::ptr_eq(&harmless, &role));
+    assert_eq!(role.class.as_str(), "dangerous");
+    // Numbers inside identifiers are kept.
+    assert!(!Arc::ptr_eq(
+        &cache.classify("SELECT * FROM t1"),
+        &cache.classify("SELECT * FROM t2")
+    ));
 }
 
 #[test]
@@ -58,7 +77,7 @@ fn text_bytes_are_bounded_too() {
     let filler = "x".repeat(MAX_CACHED_TEXT - 64);
     let n = MAX_CACHED_BYTES / MAX_CACHED_TEXT + 64;
     for i in 0..n {
-        cache.classify(&format!("SELECT {i}, '{filler}'"));
+        cache.classify(&format!("SELECT c{i}, '{filler}'"));
     }
     let most = MAX_CACHED_BYTES / (MAX_CACHED_TEXT - 64);
     assert!(cache.len() <= most, "{} > {most}", cache.len());

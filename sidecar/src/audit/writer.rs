@@ -27,6 +27,9 @@ use super::{AuditError, BACKLOG, SINK_FAILED, Shared};
 
 /// Most messages taken into one batch.
 const MAX_BATCH: usize = 4096;
+/// How long the writer waits for more records after the first of a batch
+/// (not when someone waits for durability).
+const LINGER: Duration = Duration::from_millis(2);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
@@ -332,7 +335,14 @@ impl Writer {
             };
             let mut shutdown = false;
             if let Some(m) = first {
+                let urgent = matches!(m, Msg::Record(_, Some(_)) | Msg::Close(_) | Msg::Shutdown);
                 shutdown |= self.handle(m);
+                if !urgent && !shutdown {
+                    // Let a batch gather: while this thread sleeps, senders
+                    // queue without waking it, so a busy sidecar pays one
+                    // wake-up per batch instead of one per record.
+                    std::thread::sleep(LINGER);
+                }
                 for _ in 0..MAX_BATCH {
                     match self.rx.try_recv() {
                         Ok(m) => shutdown |= self.handle(m),

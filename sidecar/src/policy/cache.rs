@@ -49,15 +49,25 @@ impl Classifier {
         let Some(cache) = &self.cache else {
             return Arc::new(classify(sql));
         };
-        if let Some(hit) = lock(cache).entries.get(sql) {
+        // Statements that differ only in numbers share one entry (see
+        // `literals`): values sent inline must not defeat the cache.
+        let normalized = super::literals::without_numbers(sql);
+        if let Some(hit) = lock(cache).entries.get(normalized.as_ref()) {
             return hit.clone();
         }
         // Parse outside the lock: other sessions keep hitting the cache.
         let result = Arc::new(classify(sql));
-        if sql.len() <= MAX_CACHED_TEXT {
+        // A parser error quotes the text near it, numbers included: keep
+        // errors under their exact text only.
+        let key: &str = if result.error.is_some() {
+            sql
+        } else {
+            &normalized
+        };
+        if key.len() <= MAX_CACHED_TEXT {
             let mut c = lock(cache);
-            c.bytes += sql.len();
-            if let Some((old, _)) = c.entries.push(sql.into(), result.clone()) {
+            c.bytes += key.len();
+            if let Some((old, _)) = c.entries.push(key.into(), result.clone()) {
                 c.bytes -= old.len();
             }
             while c.bytes > MAX_CACHED_BYTES {

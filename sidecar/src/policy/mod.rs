@@ -17,6 +17,7 @@ mod cache;
 pub mod check;
 mod classify;
 mod functions;
+mod literals;
 mod names;
 mod rules;
 mod session;

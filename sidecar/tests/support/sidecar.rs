@@ -26,6 +26,18 @@ impl Running {
     /// Starts a sidecar with `rules_yaml` (the `rules:` section and anything
     /// after it) in front of `pg`.
     pub async fn start(pg: &Postgres, extra_yaml: &str) -> Running {
+        Self::start_with(pg, "", extra_yaml, |_| {}).await
+    }
+
+    /// Like [`Running::start`], with `target_yaml` added to the target's
+    /// settings (indented like them) and `prepare` run on the directory
+    /// first (to place certificates).
+    pub async fn start_with(
+        pg: &Postgres,
+        target_yaml: &str,
+        extra_yaml: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Running {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "cardgate-sidecar-test-{}-{}",
@@ -40,6 +52,7 @@ impl Running {
                 .unwrap();
         std::fs::write(dir.join("upstream-password"), format!("{PROXY_PASSWORD}\n")).unwrap();
         std::fs::create_dir(dir.join("approvals")).unwrap();
+        prepare(&dir);
         std::fs::set_permissions(
             dir.join("approvals"),
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
@@ -63,6 +76,7 @@ targets:
     upstream: {{host: 127.0.0.1, port: {port}}}
     database: payments
     credentials: {{username: {PROXY_USER}, passwordFile: upstream-password}}
+{target_yaml}
 audit:
   sinks: [{{type: file, path: audit.log, fsync: batch}}]
   recordingsDir: recordings
