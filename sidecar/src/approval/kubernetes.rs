@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
-use super::lifecycle::{check_use, live_grant, resolution};
+use super::lifecycle::{check_use, earliest_grant, resolution};
 use super::object::{
     FIELD_MANAGER, LABEL_FINGERPRINT, build, fingerprint_label, request_name, validate,
 };
@@ -252,17 +252,7 @@ impl KubeStore {
         )
         .await
         .map_err(|e| self.fail(e, "list ApprovalRequests"))?;
-        let now = Timestamp::now();
-        Ok(list
-            .items
-            .iter()
-            .filter(|r| r.spec.statement.fingerprint == fingerprint)
-            .filter_map(|r| {
-                let until = r.status.as_ref()?.grant_expires_at.as_ref()?.0;
-                Some((until, live_grant(r, now)?))
-            })
-            .min_by_key(|(until, _)| *until)
-            .map(|(_, grant)| grant))
+        Ok(earliest_grant(&list.items, fingerprint, Timestamp::now()))
     }
 
     /// Reports one more use in `status.uses`, guarded by the object's

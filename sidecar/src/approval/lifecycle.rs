@@ -345,6 +345,24 @@ pub fn check_use(req: &ApprovalRequest, now: Timestamp) -> Result<i32, String> {
     }
 }
 
+/// The live grant for `fingerprint` among `requests` that ends first, so
+/// the grant closest to running out is used first.
+pub fn earliest_grant<'a>(
+    requests: impl IntoIterator<Item = &'a ApprovalRequest>,
+    fingerprint: &str,
+    now: Timestamp,
+) -> Option<Grant> {
+    requests
+        .into_iter()
+        .filter(|r| r.spec.statement.fingerprint == fingerprint)
+        .filter_map(|r| {
+            let until = r.status.as_ref()?.grant_expires_at.as_ref()?.0;
+            Some((until, live_grant(r, now)?))
+        })
+        .min_by_key(|(until, _)| *until)
+        .map(|(_, grant)| grant)
+}
+
 /// The deferred-mode grant a request gives at `now`, if any: a wait-mode
 /// approval covers only the statement that was held.
 pub fn live_grant(req: &ApprovalRequest, now: Timestamp) -> Option<Grant> {

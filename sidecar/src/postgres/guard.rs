@@ -120,14 +120,9 @@ pub struct SessionSummary {
     pub duration: Duration,
 }
 
-/// Result of masking one column value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnOutput {
-    /// Send NULL instead of the value.
-    Null,
-    /// The masked value was appended to the output buffer.
-    Masked,
-}
+/// Result of masking one column value (the masking engine's own type: the
+/// data path only forwards what it says).
+pub use crate::masking::ColumnOutput;
 
 /// Row and byte limits per statement.
 #[derive(Debug, Clone, Copy, Default)]

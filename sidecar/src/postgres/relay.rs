@@ -360,18 +360,21 @@ async fn frontend<G: Guard>(
                 let sql = messages::query_text(body)?;
                 let sql = std::str::from_utf8(sql)
                     .map_err(|_| RelayError::Protocol("query text is not valid UTF-8".into()))?;
-                summary.statements += 1;
-                shared.lock().expect("relay state").record(|r| r.query(sql));
-                let verdict = guard.decide(session, sql, Protocol::Simple);
-                let settled = settle(
-                    ctx,
+                let io = Io {
                     shared,
                     released,
-                    &mut client,
                     client_writer,
                     server,
+                };
+                let settled = judge(
+                    ctx,
+                    &io,
+                    &mut client,
                     &mut out,
-                    verdict,
+                    session,
+                    summary,
+                    sql,
+                    Protocol::Simple,
                 )
                 .await?;
                 match settled {
@@ -385,7 +388,6 @@ async fn frontend<G: Guard>(
                         out.extend_from_slice(&msg);
                     }
                     Settled::Refuse(denial) => {
-                        summary.denied += 1;
                         push(Pending::Query(Box::new(Running::new(
                             None,
                             Some(denial),
@@ -403,18 +405,21 @@ async fn frontend<G: Guard>(
                     RelayError::Protocol("statement text is not valid UTF-8".into())
                 })?;
                 let name = parse.name.to_vec();
-                summary.statements += 1;
-                shared.lock().expect("relay state").record(|r| r.query(sql));
-                let verdict = guard.decide(session, sql, Protocol::Extended);
-                let settled = settle(
-                    ctx,
+                let io = Io {
                     shared,
                     released,
-                    &mut client,
                     client_writer,
                     server,
+                };
+                let settled = judge(
+                    ctx,
+                    &io,
+                    &mut client,
                     &mut out,
-                    verdict,
+                    session,
+                    summary,
+                    sql,
+                    Protocol::Extended,
                 )
                 .await?;
                 match settled {
@@ -426,7 +431,6 @@ async fn frontend<G: Guard>(
                         codec::describe(&mut out, b'S', &name);
                     }
                     Settled::Refuse(denial) => {
-                        summary.denied += 1;
                         statements.remove(&name);
                         push(Pending::Parse {
                             denied: Some(denial),
@@ -541,19 +545,48 @@ async fn terminate(
     Ok(())
 }
 
-/// Turns a verdict into what to do with the statement, waiting for
-/// approvers when it is held. Requests queued before a held statement are
-/// sent first, so the server answers them while the statement waits; the
-/// client is told at once which request to approve. A client that cancels
-/// or disconnects meanwhile withdraws the request.
+/// The connections and shared state the frontend works with.
+struct Io<'a, G: Guard> {
+    shared: &'a SharedOf<G>,
+    released: &'a Notify,
+    client_writer: &'a tokio::sync::Mutex<WriteHalf<Stream>>,
+    server: &'a tokio::sync::Mutex<WriteHalf<Stream>>,
+}
+
+/// Decides a statement string and turns the verdict into what to do with
+/// it, waiting for approvers when it is held. Requests queued before a held
+/// statement are sent first, so the server answers them while the
+/// statement waits; the client is told at once which request to approve. A
+/// client that cancels or disconnects meanwhile withdraws the request.
 #[allow(clippy::too_many_arguments)]
+async fn judge<G: Guard>(
+    ctx: &RelayContext<'_, G>,
+    io: &Io<'_, G>,
+    client: &mut MessageReader<ReadHalf<Stream>>,
+    out: &mut BytesMut,
+    session: &mut G::Session,
+    summary: &mut SessionSummary,
+    sql: &str,
+    protocol: Protocol,
+) -> Result<Settled<G::Statement>, RelayError> {
+    summary.statements += 1;
+    io.shared
+        .lock()
+        .expect("relay state")
+        .record(|r| r.query(sql));
+    let verdict = ctx.guard.decide(session, sql, protocol);
+    let settled = settle(ctx, io, client, out, verdict).await?;
+    if matches!(settled, Settled::Refuse(_)) {
+        summary.denied += 1;
+    }
+    Ok(settled)
+}
+
+/// Turns a verdict into what to do with the statement (see [`judge`]).
 async fn settle<G: Guard>(
     ctx: &RelayContext<'_, G>,
-    shared: &SharedOf<G>,
-    released: &Notify,
+    io: &Io<'_, G>,
     client: &mut MessageReader<ReadHalf<Stream>>,
-    client_writer: &tokio::sync::Mutex<WriteHalf<Stream>>,
-    server: &tokio::sync::Mutex<WriteHalf<Stream>>,
     out: &mut BytesMut,
     verdict: Verdict<G::Statement, G::Hold>,
 ) -> Result<Settled<G::Statement>, RelayError> {
@@ -564,8 +597,8 @@ async fn settle<G: Guard>(
         Verdict::Hold(h) => h,
     };
     if !out.is_empty() {
-        wait_until_released(shared, released).await;
-        server.lock().await.write_all(out).await?;
+        wait_until_released(io.shared, io.released).await;
+        io.server.lock().await.write_all(out).await?;
         out.clear();
     }
     let resolved = match guard.hold(hold).await {
@@ -574,7 +607,7 @@ async fn settle<G: Guard>(
             let mut note = BytesMut::with_capacity(64 + notice.len());
             Report::notice(&notice).write(&mut note);
             {
-                let mut w = client_writer.lock().await;
+                let mut w = io.client_writer.lock().await;
                 w.write_all(&note).await?;
                 w.flush().await?;
             }

@@ -19,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 pub use directory::{Directory, FileProblem, ReviewError};
 use watch::{Change, Changes};
 
-use super::lifecycle::{live_grant, resolution};
+use super::lifecycle::{earliest_grant, resolution};
 use super::{Grant, NewRequest, Resolution, StoreError};
 
 /// How often a waiter re-reads its request even without a notification:
@@ -106,15 +106,7 @@ impl LocalStore {
             for p in problems {
                 tracing::warn!(file = %p.file.display(), error = %p.error, "skipping damaged approval request file");
             }
-            Ok(requests
-                .iter()
-                .filter(|r| r.spec.statement.fingerprint == fingerprint)
-                .filter_map(|r| {
-                    let until = r.status.as_ref()?.grant_expires_at.as_ref()?.0;
-                    Some((until, live_grant(r, now)?))
-                })
-                .min_by_key(|(until, _)| *until)
-                .map(|(_, grant)| grant))
+            Ok(earliest_grant(&requests, &fingerprint, now))
         })
         .await
     }
