@@ -59,6 +59,7 @@ demo: deps
 ## bench: criterion benchmarks and pgbench through the sidecar
 bench: deps
 	$(CARGO) bench --workspace
+	@e2e/scripts/bench.sh
 
 ## e2e: the real-cluster suite (needs KUBECONFIG for a kind/k3d cluster)
 e2e:

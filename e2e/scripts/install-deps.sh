@@ -25,5 +25,8 @@ fi
 # Offline schema checks of the generated manifests.
 if ! command -v kubernetes-validate >/dev/null; then
   echo "install-deps: installing kubernetes-validate (PyPI)"
-  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+  # Debian's own python3 refuses system-wide installs (PEP 668); a pyenv or
+  # venv python does not, so try the plain install first.
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
 fi
