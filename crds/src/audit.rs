@@ -10,8 +10,8 @@
 //! [`verify`] walks a log and names the first record that was modified,
 //! removed, reordered or forged, and reports a log cut off mid-record as
 //! truncated. A chain detects edits anywhere but its end; to detect a rewrite
-//! of the whole tail, compare the last `hash` with a copy kept elsewhere (the
-//! operator's collector) — pass it as an anchor.
+//! of the whole tail, compare the last `hash` with a copy kept elsewhere (an
+//! audit collector's copy) — pass it as an anchor.
 //!
 //! Fields follow PCI DSS 10.2.2: who (`actor`), what (`event`), when
 //! (`time`, UTC), success or failure (`outcome`), where from (`origin`) and

@@ -355,7 +355,7 @@ impl Default for AuditConfig {
 }
 
 /// Kind of audit sink: `stdout` (JSON lines for the cluster's log pipeline),
-/// `file` (an append-only file), `collector` (the operator's collector).
+/// `file` (an append-only file), `collector` (an audit collector over HTTPS).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditSinkType {
@@ -389,7 +389,7 @@ pub struct AuditSink {
     /// file: fsync policy.
     #[serde(default)]
     pub fsync: FsyncPolicy,
-    /// collector: URL of the operator's collector.
+    /// collector: URL of the audit collector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// collector: CA bundle for its certificate.

@@ -10,7 +10,7 @@ use cardgate_crds::v1alpha1::{AccessPolicy, MaskingRule};
 use k8s_openapi::api::core::v1::Service;
 use serde::de::DeserializeOwned;
 
-use crate::render::config::RenderSettings;
+use crate::render::config::{Collector, RenderSettings};
 use crate::render::observed::{ApiServerEndpoint, GovernedPods, Observed};
 
 /// Repository root.
@@ -40,22 +40,25 @@ fn served<K: kube::Resource>(mut obj: K, uid: &str, generation: i64) -> K {
     obj
 }
 
-/// Rendering settings of an operator in `cardgate-system` whose collector
-/// CA is known.
+/// Rendering settings of an operator in `cardgate-system` whose sidecars
+/// also ship audit records to a collector.
 pub fn settings() -> RenderSettings {
     RenderSettings {
         cluster_issuer: "https://kubernetes.default.svc.cluster.local".into(),
         cluster_jwks_url: "https://kubernetes.default.svc/openid/v1/jwks".into(),
-        collector_url: "https://cardgate-operator.cardgate-system.svc:8443/v1/audit".into(),
+        collector: Some(Collector {
+            url: "https://cardgate-audit-collector.cardgate-system.svc:8443/v1/audit".into(),
+            namespace: "cardgate-system".into(),
+            pod_labels: BTreeMap::from([(
+                "app.kubernetes.io/name".into(),
+                "cardgate-audit-collector".into(),
+            )]),
+            port: 8443,
+        }),
         collector_ca: Some(
             "-----BEGIN CERTIFICATE-----\nMIIBfixture\n-----END CERTIFICATE-----\n".into(),
         ),
         operator_namespace: "cardgate-system".into(),
-        operator_pod_labels: BTreeMap::from([(
-            "app.kubernetes.io/name".into(),
-            "cardgate-operator".into(),
-        )]),
-        collector_port: 8443,
         dns_namespace: "kube-system".into(),
         dns_pod_labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
     }

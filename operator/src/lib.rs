@@ -4,6 +4,7 @@
 
 pub mod approval;
 pub mod audit;
+pub mod collector_ca;
 pub mod controller;
 #[cfg(test)]
 mod fixtures;

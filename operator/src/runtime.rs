@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::collector_ca;
 use crate::controller::{self, Context};
 use crate::health::{self, Readiness};
 use crate::leader::{self, LeaseSettings};
@@ -125,21 +126,6 @@ async fn on_signal(
     Ok(())
 }
 
-/// Reads the collector CA file given by `--collector-ca-file`.
-fn collector_ca(settings: &Settings) -> anyhow::Result<Option<String>> {
-    let Some(path) = &settings.collector_ca_file else {
-        return Ok(None);
-    };
-    let pem = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --collector-ca-file {}", path.display()))?;
-    anyhow::ensure!(
-        pem.contains("-----BEGIN CERTIFICATE-----"),
-        "--collector-ca-file {} holds no PEM certificate",
-        path.display()
-    );
-    Ok(Some(pem))
-}
-
 /// Runs the operator until SIGTERM or a fatal error.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -176,9 +162,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     crds.set(true);
     tracing::info!("the cardgate CRDs are installed");
 
-    // The collector's CA: from --collector-ca-file now; the TLS bootstrap
-    // publishes its CA through `collector_ca_tx` once wired in.
-    let (collector_ca_tx, collector_ca_rx) = watch::channel(collector_ca(&settings)?);
+    // The collector's CA, followed while we run so a rotation re-renders
+    // every policy.
+    let ca = match &settings.collector_ca_file {
+        Some(path) => Some(collector_ca::read(path)?),
+        None => None,
+    };
+    let (collector_ca_tx, collector_ca_rx) = watch::channel(ca);
+    if let Some(path) = settings.collector_ca_file.clone() {
+        let stop = shutdown.clone();
+        tasks.spawn("collector CA", async move {
+            collector_ca::follow(path, collector_ca::RELOAD_EVERY, collector_ca_tx, stop).await;
+            Ok(())
+        });
+    }
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
@@ -245,10 +242,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("admission webhook server")
         });
     }
-    // The collector's CA only changes when --collector-ca-file does; the
-    // sender stays alive so the controllers keep their last value.
-    let _collector_ca_tx = collector_ca_tx;
-
     let result = tasks
         .join(Duration::from_secs(settings.shutdown_timeout))
         .await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::render::config::RenderSettings;
+use crate::render::config::{Collector, RenderSettings};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,8 +36,8 @@ pub struct Settings {
     #[arg(long, env = "CARDGATE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
 
-    /// Namespace the operator runs in (its Lease, collector and TLS Secret
-    /// live there).
+    /// Namespace the operator runs in (its Lease and TLS Secret live
+    /// there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "cardgate-system")]
     pub namespace: String,
 
@@ -78,26 +78,32 @@ pub struct Settings {
     )]
     pub cluster_jwks_url: String,
 
-    /// URL sidecars send audit records to; defaults to the operator's
-    /// collector, `https://cardgate-operator.<namespace>.svc:8443/v1/audit`.
-    #[arg(long, env = "CARDGATE_COLLECTOR_URL")]
+    /// URL of an audit collector that sidecars ship records to besides
+    /// stdout (the contract is in docs/operations.md). The operator does
+    /// not serve one itself; without this, sidecars audit to stdout only.
+    #[arg(long, env = "CARDGATE_COLLECTOR_URL", requires = "collector_ca_file")]
     pub collector_url: Option<String>,
 
-    /// Port the collector listens on in the operator pods (the egress
-    /// NetworkPolicy allows it).
-    #[arg(long, env = "CARDGATE_COLLECTOR_PORT", default_value_t = 8443)]
-    pub collector_port: u16,
-
     /// PEM CA bundle that signed the collector's certificate, copied into
-    /// every rendered ConfigMap. Without it (and until the operator's own
-    /// TLS bootstrap publishes one) sidecars audit to stdout only.
-    #[arg(long, env = "CARDGATE_COLLECTOR_CA_FILE")]
+    /// every rendered ConfigMap; read again when the file changes (a
+    /// mounted Secret that cert-manager rotates).
+    #[arg(long, env = "CARDGATE_COLLECTOR_CA_FILE", requires = "collector_url")]
     pub collector_ca_file: Option<PathBuf>,
 
-    /// Labels of the operator's pods (`k=v,k=v`), for the egress
+    /// Namespace of the collector's pods, for the egress NetworkPolicy's
+    /// collector rule; defaults to the operator's namespace.
+    #[arg(long, env = "CARDGATE_COLLECTOR_NAMESPACE")]
+    pub collector_namespace: Option<String>,
+
+    /// Labels of the collector's pods (`k=v,k=v`), for the egress
     /// NetworkPolicy's collector rule.
-    #[arg(long, env = "CARDGATE_OPERATOR_POD_LABELS", default_value = "app.kubernetes.io/name=cardgate-operator", value_parser = parse_labels)]
-    pub operator_pod_labels: BTreeMap<String, String>,
+    #[arg(long, env = "CARDGATE_COLLECTOR_POD_LABELS", default_value = "app.kubernetes.io/name=cardgate-audit-collector", value_parser = parse_labels)]
+    pub collector_pod_labels: BTreeMap<String, String>,
+
+    /// Port the collector's pods listen on, for the egress NetworkPolicy's
+    /// collector rule.
+    #[arg(long, env = "CARDGATE_COLLECTOR_PORT", default_value_t = 8443)]
+    pub collector_port: u16,
 
     /// Namespace of the cluster DNS pods (egress NetworkPolicy).
     #[arg(long, env = "CARDGATE_DNS_NAMESPACE", default_value = "kube-system")]
@@ -140,13 +146,16 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 impl Settings {
-    /// The collector URL, defaulted from the namespace.
-    pub fn collector_url(&self) -> String {
-        self.collector_url.clone().unwrap_or_else(|| {
-            format!(
-                "https://cardgate-operator.{}.svc:{}/v1/audit",
-                self.namespace, self.collector_port
-            )
+    /// The audit collector, when one is configured.
+    pub fn collector(&self) -> Option<Collector> {
+        self.collector_url.as_ref().map(|url| Collector {
+            url: url.clone(),
+            namespace: self
+                .collector_namespace
+                .clone()
+                .unwrap_or_else(|| self.namespace.clone()),
+            pod_labels: self.collector_pod_labels.clone(),
+            port: self.collector_port,
         })
     }
 
@@ -160,11 +169,9 @@ impl Settings {
         RenderSettings {
             cluster_issuer: self.cluster_issuer.clone(),
             cluster_jwks_url: self.cluster_jwks_url.clone(),
-            collector_url: self.collector_url(),
+            collector: self.collector(),
             collector_ca,
             operator_namespace: self.namespace.clone(),
-            operator_pod_labels: self.operator_pod_labels.clone(),
-            collector_port: self.collector_port,
             dns_namespace: self.dns_namespace.clone(),
             dns_pod_labels: self.dns_pod_labels.clone(),
         }
@@ -187,11 +194,34 @@ mod tests {
     }
 
     #[test]
-    fn defaults_name_the_collector_service_in_the_operator_namespace() {
+    fn a_collector_needs_its_url_and_ca_and_lives_in_the_operator_namespace_by_default() {
         let s = Settings::try_parse_from(["cardgate-operator", "--namespace", "cg"]).unwrap();
         assert_eq!(
-            s.collector_url(),
-            "https://cardgate-operator.cg.svc:8443/v1/audit"
+            s.collector(),
+            None,
+            "stdout only unless a collector is named"
+        );
+        for half in [
+            ["--collector-url", "https://c.cg.svc:8443"],
+            ["--collector-ca-file", "/ca.crt"],
+        ] {
+            let args = ["cardgate-operator"].into_iter().chain(half);
+            assert!(Settings::try_parse_from(args).is_err(), "{half:?} alone");
+        }
+        let s = Settings::try_parse_from([
+            "cardgate-operator",
+            "--namespace",
+            "cg",
+            "--collector-url",
+            "https://c.cg.svc:8443",
+            "--collector-ca-file",
+            "/ca.crt",
+        ])
+        .unwrap();
+        let c = s.collector().unwrap();
+        assert_eq!(
+            (c.url.as_str(), c.namespace.as_str(), c.port),
+            ("https://c.cg.svc:8443", "cg", 8443)
         );
         assert!(s.leader_election);
         let s =

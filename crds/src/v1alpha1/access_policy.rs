@@ -270,7 +270,8 @@ pub struct AllowedClient {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressSettings {
     /// Generate an egress NetworkPolicy for the agent pods that allows only
-    /// DNS, the targets, the operator's audit collector and the API server.
+    /// DNS, the targets, the audit collector (when one is configured) and the
+    /// API server.
     #[serde(default)]
     pub restrict: bool,
 }

@@ -35,20 +35,30 @@ pub struct RenderSettings {
     pub cluster_issuer: String,
     /// Where the sidecar fetches the service-account signing keys.
     pub cluster_jwks_url: String,
-    /// URL of the operator's audit collector.
-    pub collector_url: String,
-    /// PEM CA bundle of the collector, once the operator knows it.
+    /// Where sidecars ship audit records besides stdout; without one they
+    /// audit to stdout only, for the cluster's log pipeline.
+    pub collector: Option<Collector>,
+    /// PEM CA bundle that signed the collector's certificate, as last read.
     pub collector_ca: Option<String>,
-    /// Namespace the operator runs in (egress to the collector).
+    /// Namespace the operator runs in (its own audit trail names it).
     pub operator_namespace: String,
-    /// Labels of the operator's pods (egress to the collector).
-    pub operator_pod_labels: BTreeMap<String, String>,
-    /// Port the collector listens on in the operator pods.
-    pub collector_port: u16,
     /// Namespace of the cluster DNS pods.
     pub dns_namespace: String,
     /// Labels of the cluster DNS pods.
     pub dns_pod_labels: BTreeMap<String, String>,
+}
+
+/// An audit collector implementing the contract in docs/operations.md.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collector {
+    /// URL the sidecars POST records to.
+    pub url: String,
+    /// Namespace of the collector's pods (egress NetworkPolicy).
+    pub namespace: String,
+    /// Labels of the collector's pods (egress NetworkPolicy).
+    pub pod_labels: BTreeMap<String, String>,
+    /// Port the collector's pods listen on (egress NetworkPolicy).
+    pub port: u16,
 }
 
 /// Path of a per-target file the injection webhook mounts.
@@ -139,12 +149,12 @@ pub fn render(
         ca_file: None,
         token_file: None,
     }];
-    if settings.collector_ca.is_some() {
+    if let (Some(collector), Some(_)) = (&settings.collector, &settings.collector_ca) {
         sinks.push(AuditSink {
             kind: AuditSinkType::Collector,
             path: None,
             fsync: FsyncPolicy::default(),
-            url: Some(settings.collector_url.clone()),
+            url: Some(collector.url.clone()),
             ca_file: Some(COLLECTOR_CA_FILE.to_string()),
             token_file: Some(pod::COLLECTOR_TOKEN_FILE.to_string()),
         });

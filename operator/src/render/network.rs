@@ -9,8 +9,8 @@
 //! operator never widens access beyond what it was asked for).
 //!
 //! Egress (`spec.egress.restrict`): a policy on the governed pods allowing
-//! only cluster DNS, the targets, the operator's audit collector and the API
-//! server.
+//! only cluster DNS, the targets, the audit collector (when one is
+//! configured) and the API server.
 
 use std::collections::BTreeMap;
 
@@ -159,17 +159,19 @@ pub fn egress_policy(
             }),
         }
     }
-    rules.push(NetworkPolicyEgressRule {
-        to: Some(vec![NetworkPolicyPeer {
-            namespace_selector: Some(namespace_selector(&settings.operator_namespace)),
-            pod_selector: Some(match_labels(settings.operator_pod_labels.clone())),
-            ip_block: None,
-        }]),
-        ports: Some(vec![port(
-            "TCP",
-            IntOrString::Int(i32::from(settings.collector_port)),
-        )]),
-    });
+    if let Some(collector) = &settings.collector {
+        rules.push(NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(namespace_selector(&collector.namespace)),
+                pod_selector: Some(match_labels(collector.pod_labels.clone())),
+                ip_block: None,
+            }]),
+            ports: Some(vec![port(
+                "TCP",
+                IntOrString::Int(i32::from(collector.port)),
+            )]),
+        });
+    }
     if api_server.is_empty() {
         warnings.push(
             "the API server's endpoints are unknown (no EndpointSlice for default/kubernetes), so the egress policy cannot allow it; the sidecars cannot fetch service-account keys or create ApprovalRequests".to_string(),

@@ -215,7 +215,7 @@ pub fn plan(
         config_hash.clone(),
     )]));
     let mut data = BTreeMap::from([(pod::CONFIG_KEY.to_string(), config_text.clone())]);
-    if let Some(ca) = &settings.collector_ca {
+    if let (Some(_), Some(ca)) = (&settings.collector, &settings.collector_ca) {
         data.insert(COLLECTOR_CA_KEY.to_string(), ca.clone());
     }
     let config_map = ConfigMap {
@@ -230,9 +230,6 @@ pub fn plan(
         let (np, w) = network::egress_policy(policy, &resolved, &observed.api_server, settings);
         network_policies.push(np);
         warnings.extend(w);
-    }
-    if settings.collector_ca.is_none() {
-        warnings.push("the audit collector's CA is not known yet, so audit records go to the pods' stdout only; the configuration is rendered again once it is".to_string());
     }
     Ok(Plan {
         config_text,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use cardgate_crds::config::{AuditSinkType, SidecarConfig};
 use cardgate_crds::pod;
 use cardgate_crds::v1alpha1::TlsMode;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use serde::Serialize;
@@ -454,11 +454,13 @@ fn issuer_wide_oidc_subjects_only_stand_alone() {
 }
 
 #[test]
-fn without_the_collector_ca_records_stay_on_stdout_and_a_warning_says_so() {
-    let policy = fixtures::payments_policy();
+fn without_a_collector_records_stay_on_stdout_and_egress_has_no_collector_rule() {
+    let policy = fixtures::fraud_policy();
     let mut settings = fixtures::settings();
+    let with = plan(&policy, &fixtures::fraud_observed(), &settings).unwrap();
+    settings.collector = None;
     settings.collector_ca = None;
-    let plan = plan(&policy, &fixtures::payments_observed(), &settings).unwrap();
+    let plan = plan(&policy, &fixtures::fraud_observed(), &settings).unwrap();
     let config = assert_round_trips(&plan);
     assert_eq!(config.audit.sinks.len(), 1);
     assert_eq!(config.audit.sinks[0].kind, AuditSinkType::Stdout);
@@ -470,10 +472,27 @@ fn without_the_collector_ca_records_stay_on_stdout_and_a_warning_says_so() {
             .unwrap()
             .contains_key("collector-ca.crt")
     );
+    let egress_rules = |p: &Plan| {
+        let np = p.network_policies.last().unwrap();
+        np.spec.as_ref().unwrap().egress.clone().unwrap()
+    };
+    let collector_rule = |r: &NetworkPolicyEgressRule| {
+        r.to.as_ref().is_some_and(|to| {
+            to.iter().any(|peer| {
+                peer.pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.as_ref())
+                    .is_some_and(|l| l.values().any(|v| v == "cardgate-audit-collector"))
+            })
+        })
+    };
+    assert!(egress_rules(&with).iter().any(collector_rule));
+    assert!(!egress_rules(&plan).iter().any(collector_rule));
+    assert_eq!(egress_rules(&with).len(), egress_rules(&plan).len() + 1);
     assert!(
+        !plan.warnings.iter().any(|w| w.contains("collector")),
+        "{:?}",
         plan.warnings
-            .iter()
-            .any(|w| w.contains("collector's CA is not known"))
     );
 }
 
