@@ -141,6 +141,9 @@ grep '"class":"ddl"' "$state/audit.log" | head -n 1 | sed 's/^/  /'
 say ""
 say "the approved UPDATE, with the request that allowed it:"
 grep '"approval":"'"$request"'"' "$state/audit.log" | grep '"event":"statement"' | sed 's/^/  /'
+say ""
+say "who approved it, and the request's outcome:"
+grep '"name":"'"$request"'"' "$state/audit.log" | grep -E '"event":"approval\.(review|decided)"' | sed 's/^/  /'
 
 bold "5. Replay of the recorded sessions (masked, at 20x speed)"
 for rec in "$state"/recordings/*.jsonl; do

@@ -74,6 +74,27 @@ fn approvals(config: &Path, args: &[&str]) -> String {
     text
 }
 
+/// Waits until the audit trail has a record for which `want` holds (the
+/// reviews and decisions of a local store are recorded as the sidecar sees
+/// the directory change).
+async fn record_where(
+    sc: &Running,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(r) = sc.records().into_iter().find(|r| want(r)) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such audit record in {:#?}",
+            sc.records()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn config(sc: &Running) -> PathBuf {
     sc.dir.join("cardgate.yaml")
 }
@@ -138,12 +159,37 @@ async fn a_held_write_runs_once_approved() {
             .iter()
             .any(|r| r["event"] == "approval.created" && r["approval"]["name"] == name.as_str())
     );
+    // Without an operator the sidecar records who reviewed, and the outcome.
+    let review = record_where(&sc, |r| r["event"] == "approval.review").await;
+    assert_eq!(review["actor"]["subject"], "alice");
+    assert_eq!(review["approval"]["name"], name.as_str());
+    assert_eq!(review["approval"]["decision"], "Approved");
+    assert_eq!(review["approval"]["reason"], "ticket 4711");
+    let decided = record_where(&sc, |r| {
+        r["event"] == "approval.decided" && r["approval"]["decision"] == "Consumed"
+    })
+    .await;
+    assert_eq!(decided["outcome"], "success");
+    assert_eq!(decided["approval"]["name"], name.as_str());
+    // Each review and outcome is recorded once, however often the sidecar
+    // looks at the directory.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reviews = sc
+        .records()
+        .into_iter()
+        .filter(|r| r["event"] == "approval.review")
+        .count();
+    assert_eq!(reviews, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_denied_write_fails_with_the_reason_and_the_session_goes_on() {
     let pg = Postgres::shared();
-    let sc = Running::start(pg, &rules("{approvers: {users: [alice]}, timeout: 60s}")).await;
+    let sc = Running::start(
+        pg,
+        &rules("{approvers: {users: [alice]}, timeout: 60s, retention: 1s}"),
+    )
+    .await;
     let client = sc.connect().await;
     let update = tokio::spawn(async move {
         let r = client
@@ -184,6 +230,30 @@ async fn a_denied_write_fails_with_the_reason_and_the_session_goes_on() {
             .trim(),
         "nope"
     );
+    // The denial is recorded with its reviewer; once the retention ends the
+    // request's final state is recorded and its file deleted.
+    let decided = record_where(&sc, |r| r["event"] == "approval.decided").await;
+    assert_eq!(decided["outcome"], "failure");
+    assert_eq!(decided["actor"]["subject"], "alice");
+    assert_eq!(decided["approval"]["decision"], "Denied");
+    let gone = record_where(&sc, |r| {
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("retention of 1s ended; deleting the request"))
+    })
+    .await;
+    assert_eq!(gone["approval"]["name"], name.as_str());
+    let file = sc.dir.join("approvals").join(format!("{name}.json"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived its retention",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!approvals(&config(&sc), &["list", "--all"]).contains(&name));
 }
 
 #[tokio::test(flavor = "multi_thread")]

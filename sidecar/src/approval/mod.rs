@@ -29,7 +29,7 @@ use cardgate_crds::v1alpha1::{ApprovalMode, Requester, StatementClass};
 pub use error::{StoreError, StoreErrorKind};
 pub use fingerprint::{fingerprint, keyed_fingerprint};
 pub use kubernetes::{ClusterAccess, KubeStore};
-pub use local::{Directory, FileProblem, LocalStore, ReviewError};
+pub use local::{Directory, FileProblem, LocalStore, ReviewError, auditor};
 pub use object::{FIELD_MANAGER, LABEL_FINGERPRINT, LABEL_POLICY, is_request_name};
 
 /// What the sidecar knows when it asks for approval; everything an approver

@@ -159,6 +159,25 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
     let connections = Arc::new(Semaphore::new(config.proxy.max_connections as usize));
     let (stop, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
+    // A local approval directory has no operator: the sidecar audits its
+    // reviews and decisions and applies the retention.
+    if let Some(gate::Approvals {
+        store: crate::approval::Store::Local(store),
+        settings,
+        ..
+    }) = &shared.approvals
+    {
+        let mut rx = stop_rx.clone();
+        servers.push(tokio::spawn(crate::approval::auditor::run(
+            store.clone(),
+            Arc::clone(&audit),
+            shared.policy_label.clone(),
+            settings.retention.into(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )));
+    }
     let mut listeners = Vec::new();
     let mut transparent = Vec::new();
     for t in &config.targets {

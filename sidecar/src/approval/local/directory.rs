@@ -253,6 +253,28 @@ impl Directory {
         Ok(obj)
     }
 
+    /// Deletes a request, under the lock, if it is still at `version` (a
+    /// request changed since it was read is left for the next look).
+    /// Already gone is fine.
+    pub fn remove(&self, name: &str, version: Option<&str>) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let Some(file) = self.file(name) else {
+            return Err(StoreError::invalid(format!(
+                "{name:?} is not a request name"
+            )));
+        };
+        match self.read(name) {
+            Ok(obj) if obj.metadata.resource_version.as_deref() != version => return Ok(()),
+            Ok(_) => {}
+            Err(_) if !file.exists() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        fs::remove_file(&file).map_err(|e| {
+            StoreError::unavailable(format!("cannot delete {}: {e}", file.display()))
+        })?;
+        self.sync_dir()
+    }
+
     /// Takes one use of an approval, or says why it cannot be used.
     pub fn record_use(&self, name: &str, now: Timestamp) -> Result<ApprovalRequest, StoreError> {
         let (obj, ()) = self.update(name, now, |obj| {
@@ -373,6 +395,11 @@ impl Directory {
         f.sync_all().map_err(|e| fail("sync", e))?;
         drop(f);
         fs::rename(&tmp, &file).map_err(|e| fail("replace", e))?;
+        self.sync_dir()
+    }
+
+    /// Makes a rename or removal in the directory durable.
+    fn sync_dir(&self) -> Result<(), StoreError> {
         File::open(&self.path)
             .and_then(|d| d.sync_all())
             .map_err(|e| {
@@ -405,9 +432,9 @@ fn settle_object(obj: &mut ApprovalRequest, now: Timestamp) {
     obj.status = Some(settle(&obj.spec, &status, now));
 }
 
-/// Whether a write is needed (metadata is never changed by an update).
+/// Whether a write is needed (of the metadata, only annotations change).
 fn changed(a: &ApprovalRequest, b: &ApprovalRequest) -> bool {
-    a.spec != b.spec || a.status != b.status
+    a.spec != b.spec || a.status != b.status || a.metadata.annotations != b.metadata.annotations
 }
 
 fn bump_version(obj: &mut ApprovalRequest) {

@@ -1,11 +1,12 @@
 //! The standalone approval store: a directory of request files (see
 //! [`Directory`]) watched for changes, reviewed with `cardgate-sidecar
-//! approvals`.
+//! approvals`, audited and pruned by the sidecar ([`auditor`]).
 //!
 //! Without an admission webhook or an operator, the rules are enforced here
 //! (see [`crate::approval::lifecycle`]), and trust rests on the directory's
 //! permissions: whoever can write it can approve.
 
+pub mod auditor;
 mod directory;
 mod watch;
 
