@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::v1alpha1::{RuleAction, StatementClass};
+use crate::v1alpha1::{Phase, RuleAction, StatementClass};
 
 /// `prevHash` of the first record of a chain.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -84,6 +84,19 @@ pub enum EventKind {
     /// A policy or masking rule changed in the cluster (PCI DSS 10.2.1.2).
     #[serde(rename = "policy.changed")]
     PolicyChanged,
+}
+
+impl EventKind {
+    /// The record kind and outcome for an ApprovalRequest that reached
+    /// `phase`, so the operator and a standalone sidecar record the same.
+    pub fn approval_outcome(phase: Phase) -> (EventKind, Outcome) {
+        match phase {
+            Phase::Approved | Phase::Consumed => (EventKind::ApprovalDecided, Outcome::Success),
+            Phase::Denied | Phase::Pending => (EventKind::ApprovalDecided, Outcome::Failure),
+            Phase::Expired => (EventKind::ApprovalExpired, Outcome::Failure),
+            Phase::Withdrawn => (EventKind::ApprovalWithdrawn, Outcome::Failure),
+        }
+    }
 }
 
 /// Whether the event succeeded, as PCI DSS 10.2.2 asks.

@@ -524,12 +524,7 @@ impl Records<'_> {
     /// final state before deletion, listing every review.
     fn outcome(&self, ctx: &Context, eval: &Evaluation, retention: Option<&str>) -> AuditRecord {
         let spec = &self.request.spec;
-        let (event, outcome) = match eval.phase {
-            Phase::Approved | Phase::Consumed => (EventKind::ApprovalDecided, Outcome::Success),
-            Phase::Denied | Phase::Pending => (EventKind::ApprovalDecided, Outcome::Failure),
-            Phase::Expired => (EventKind::ApprovalExpired, Outcome::Failure),
-            Phase::Withdrawn => (EventKind::ApprovalWithdrawn, Outcome::Failure),
-        };
+        let (event, outcome) = EventKind::approval_outcome(eval.phase);
         let mut record = self.base(ctx, event, outcome);
         // The actor: whoever made the outcome — the last deciding reviewer,
         // or the requester for a withdrawal or use.

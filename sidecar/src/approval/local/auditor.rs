@@ -179,12 +179,7 @@ impl Records<'_> {
     /// before deletion.
     pub fn outcome(&self, obj: &ApprovalRequest, note: Option<&str>) -> AuditRecord {
         let status = obj.status.clone().unwrap_or_default();
-        let (event, outcome) = match status.phase {
-            Phase::Approved | Phase::Consumed => (EventKind::ApprovalDecided, Outcome::Success),
-            Phase::Denied | Phase::Pending => (EventKind::ApprovalDecided, Outcome::Failure),
-            Phase::Expired => (EventKind::ApprovalExpired, Outcome::Failure),
-            Phase::Withdrawn => (EventKind::ApprovalWithdrawn, Outcome::Failure),
-        };
+        let (event, outcome) = EventKind::approval_outcome(status.phase);
         let mut rec = self.base(obj, event, outcome);
         let requester = &obj.spec.requester;
         let decider = status.decided_by.last().cloned();
