@@ -385,13 +385,290 @@ impl Chain {
         record.seq = self.next_seq;
         record.prev_hash.clone_from(&self.prev_hash);
         record.hash.clear();
-        let value = serde_json::to_value(&*record).expect("audit records serialize");
-        record.hash = record_hash(&value);
+        let mut line = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut line, &canonical::Record(record))
+            .expect("audit records serialize");
+        record.hash = hex::encode(Sha256::digest(&line));
         self.next_seq += 1;
         self.prev_hash.clone_from(&record.hash);
-        let mut line = serde_json::to_vec(&*record).expect("audit records serialize");
+        line.clear();
+        serde_json::to_writer(&mut line, &*record).expect("audit records serialize");
         line.push(b'\n');
         line
+    }
+}
+
+/// The canonical form of a record written straight from the types, without
+/// building a [`Value`] tree first: the writer seals every record, and the
+/// tree cost most of the time. Each view lists its fields in sorted key
+/// order and skips what the record's own serialization skips, so the bytes
+/// equal [`canonical_bytes`] of the serialized record; the types are
+/// destructured so a new field fails to compile until it is placed here,
+/// and a test holds the two forms together.
+mod canonical {
+    use serde::Serialize;
+
+    use super::{Actor, ApprovalDetails, AuditRecord, Origin, Resource, StatementDetails};
+
+    fn none<T>(v: &Option<T>) -> bool {
+        v.is_none()
+    }
+
+    fn empty<T>(v: &[T]) -> bool {
+        v.is_empty()
+    }
+
+    /// A record without its `hash`.
+    pub struct Record<'a>(pub &'a AuditRecord);
+
+    impl Serialize for Record<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            // Destructured so that a new field cannot be forgotten here.
+            let AuditRecord {
+                seq,
+                time,
+                event,
+                outcome,
+                actor,
+                origin,
+                resource,
+                policy,
+                statement,
+                approval,
+                message,
+                prev_hash,
+                hash: _,
+            } = self.0;
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct View<'a> {
+                #[serde(skip_serializing_if = "none")]
+                actor: Option<ActorView<'a>>,
+                #[serde(skip_serializing_if = "none")]
+                approval: Option<ApprovalView<'a>>,
+                event: &'a super::EventKind,
+                #[serde(skip_serializing_if = "none")]
+                message: &'a Option<String>,
+                origin: OriginView<'a>,
+                outcome: &'a super::Outcome,
+                #[serde(skip_serializing_if = "none")]
+                policy: &'a Option<String>,
+                prev_hash: &'a str,
+                #[serde(skip_serializing_if = "none")]
+                resource: Option<ResourceView<'a>>,
+                seq: u64,
+                #[serde(skip_serializing_if = "none")]
+                statement: Option<StatementView<'a>>,
+                time: &'a str,
+            }
+            View {
+                actor: actor.as_ref().map(ActorView::of),
+                approval: approval.as_ref().map(ApprovalView::of),
+                event,
+                message,
+                origin: OriginView::of(origin),
+                outcome,
+                policy,
+                prev_hash,
+                resource: resource.as_ref().map(ResourceView::of),
+                seq: *seq,
+                statement: statement.as_ref().map(StatementView::of),
+                time,
+            }
+            .serialize(s)
+        }
+    }
+
+    #[derive(Serialize)]
+    struct ActorView<'a> {
+        #[serde(skip_serializing_if = "empty")]
+        groups: &'a [String],
+        #[serde(skip_serializing_if = "none")]
+        issuer: &'a Option<String>,
+        subject: &'a str,
+    }
+
+    impl<'a> ActorView<'a> {
+        fn of(a: &'a Actor) -> Self {
+            let Actor {
+                subject,
+                issuer,
+                groups,
+            } = a;
+            Self {
+                groups,
+                issuer,
+                subject,
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    struct ApprovalView<'a> {
+        #[serde(skip_serializing_if = "none")]
+        decision: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        fingerprint: &'a Option<String>,
+        name: &'a str,
+        #[serde(skip_serializing_if = "none")]
+        reason: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        reviewer: &'a Option<String>,
+    }
+
+    impl<'a> ApprovalView<'a> {
+        fn of(a: &'a ApprovalDetails) -> Self {
+            let ApprovalDetails {
+                name,
+                decision,
+                reviewer,
+                reason,
+                fingerprint,
+            } = a;
+            Self {
+                decision,
+                fingerprint,
+                name,
+                reason,
+                reviewer,
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct OriginView<'a> {
+        #[serde(skip_serializing_if = "none")]
+        client: &'a Option<String>,
+        component: &'a str,
+        #[serde(skip_serializing_if = "none")]
+        host: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        namespace: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        node: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        pod: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        pod_uid: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        service_account: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        session: &'a Option<String>,
+    }
+
+    impl<'a> OriginView<'a> {
+        fn of(o: &'a Origin) -> Self {
+            let Origin {
+                component,
+                namespace,
+                pod,
+                pod_uid,
+                service_account,
+                node,
+                host,
+                client,
+                session,
+            } = o;
+            Self {
+                client,
+                component,
+                host,
+                namespace,
+                node,
+                pod,
+                pod_uid,
+                service_account,
+                session,
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    struct ResourceView<'a> {
+        #[serde(skip_serializing_if = "none")]
+        database: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        object: &'a Option<String>,
+        #[serde(skip_serializing_if = "empty")]
+        reads: &'a [String],
+        #[serde(skip_serializing_if = "none")]
+        target: &'a Option<String>,
+        #[serde(skip_serializing_if = "empty")]
+        writes: &'a [String],
+    }
+
+    impl<'a> ResourceView<'a> {
+        fn of(r: &'a Resource) -> Self {
+            let Resource {
+                target,
+                database,
+                reads,
+                writes,
+                object,
+            } = r;
+            Self {
+                database,
+                object,
+                reads,
+                target,
+                writes,
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct StatementView<'a> {
+        #[serde(skip_serializing_if = "none")]
+        approval: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        bytes: &'a Option<u64>,
+        class: &'a crate::v1alpha1::StatementClass,
+        decision: &'a crate::v1alpha1::RuleAction,
+        #[serde(skip_serializing_if = "none")]
+        duration_us: &'a Option<u64>,
+        #[serde(skip_serializing_if = "none")]
+        masked_values: &'a Option<u64>,
+        #[serde(skip_serializing_if = "none")]
+        protocol: &'a Option<String>,
+        #[serde(skip_serializing_if = "none")]
+        rows: &'a Option<u64>,
+        rule: &'a str,
+        #[serde(skip_serializing_if = "none")]
+        sqlstate: &'a Option<String>,
+        text: &'a str,
+    }
+
+    impl<'a> StatementView<'a> {
+        fn of(st: &'a StatementDetails) -> Self {
+            let StatementDetails {
+                text,
+                class,
+                decision,
+                rule,
+                protocol,
+                rows,
+                bytes,
+                duration_us,
+                masked_values,
+                sqlstate,
+                approval,
+            } = st;
+            Self {
+                approval,
+                bytes,
+                class,
+                decision,
+                duration_us,
+                masked_values,
+                protocol,
+                rows,
+                rule,
+                sqlstate,
+                text,
+            }
+        }
     }
 }
 
@@ -781,4 +1058,106 @@ pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::{RuleAction, StatementClass};
+
+    fn sealed_canonical(r: &AuditRecord) -> Vec<u8> {
+        serde_json::to_vec(&canonical::Record(r)).unwrap()
+    }
+
+    fn generic_canonical(r: &AuditRecord) -> Vec<u8> {
+        canonical_bytes(&serde_json::to_value(r).unwrap())
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    /// Every field set, with characters JSON must escape.
+    fn full() -> AuditRecord {
+        let origin = Origin {
+            component: "sidecar".into(),
+            namespace: s("payments"),
+            pod: s("agent-7d9f"),
+            pod_uid: s("5c3e1f0a"),
+            service_account: s("agent"),
+            node: s("node-1"),
+            host: s("vm"),
+            client: s("127.0.0.1:50512"),
+            session: s("s-1"),
+        };
+        let mut r = AuditRecord::new(EventKind::ApprovalExecuted, Outcome::Failure, origin);
+        r.seq = 42;
+        r.prev_hash = GENESIS_HASH.into();
+        r.hash = "ignored".into();
+        r.actor = Some(Actor {
+            subject: "alice \"the\" admin".into(),
+            issuer: s("https://issuer"),
+            groups: vec!["a".into(), "b\\c".into()],
+        });
+        r.resource = Some(Resource {
+            target: s("db"),
+            database: s("payments"),
+            reads: vec!["public.cards".into()],
+            writes: vec!["public.orders".into()],
+            object: s("ApprovalRequest/x"),
+        });
+        r.policy = s("payments/p");
+        r.statement = Some(StatementDetails {
+            text: "SELECT 'é\n\t' FROM cards".into(),
+            class: StatementClass::Write,
+            decision: RuleAction::RequireApproval,
+            rule: "rule 3 (w)".into(),
+            protocol: s("simple"),
+            rows: Some(1),
+            bytes: Some(2),
+            duration_us: Some(3),
+            masked_values: Some(4),
+            sqlstate: s("42501"),
+            approval: s("req-1"),
+        });
+        r.approval = Some(ApprovalDetails {
+            name: "req-1".into(),
+            decision: s("Approved"),
+            reviewer: s("bob"),
+            reason: s("ticket \u{1} 7"),
+            fingerprint: s("abc"),
+        });
+        r.message = s("a message");
+        r
+    }
+
+    #[test]
+    fn the_sealing_fast_path_writes_exactly_the_canonical_form() {
+        let full = full();
+        assert_eq!(
+            String::from_utf8(sealed_canonical(&full)).unwrap(),
+            String::from_utf8(generic_canonical(&full)).unwrap()
+        );
+        let sparse = AuditRecord::new(EventKind::AuditStart, Outcome::Success, Origin::default());
+        assert_eq!(sealed_canonical(&sparse), generic_canonical(&sparse));
+        let mut partial = full.clone();
+        partial.actor.as_mut().unwrap().groups.clear();
+        partial.actor.as_mut().unwrap().issuer = None;
+        partial.resource.as_mut().unwrap().reads.clear();
+        partial.statement.as_mut().unwrap().rows = None;
+        partial.approval = None;
+        partial.origin.pod_uid = None;
+        assert_eq!(sealed_canonical(&partial), generic_canonical(&partial));
+    }
+
+    #[test]
+    fn a_sealed_line_hashes_to_its_own_hash() {
+        let mut chain = Chain::default();
+        let mut r = full();
+        let line = chain.seal(&mut r);
+        let value: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(value["hash"], r.hash.as_str());
+        assert_eq!(record_hash(&value), r.hash);
+        assert_eq!(value["seq"], 1);
+    }
 }

@@ -2,6 +2,8 @@
 //!
 //! - `record/caller`: what `AuditLog::record` costs the statement's own
 //!   thread (health check + enqueue); sealing and writing happen elsewhere.
+//! - `record/seal`: what the writer thread spends to chain, hash and
+//!   serialize one statement record.
 //! - `throughput/*`: records per second through the writer thread to a file
 //!   (seal, hash, write, fsync per policy), until the last one is durable.
 //! - `durable/always-64-sessions`: 64 sessions each waiting for its record
@@ -12,7 +14,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cardgate_crds::audit::{AuditRecord, EventKind, Origin, Outcome, StatementDetails};
+use cardgate_crds::audit::{
+    Actor, AuditRecord, Chain, EventKind, Origin, Outcome, Resource, StatementDetails,
+};
 use cardgate_crds::config::{AuditConfig, AuditSink, AuditSinkType, FsyncPolicy};
 use cardgate_crds::v1alpha1::{RuleAction, StatementClass};
 use cardgate_sidecar::audit::{AuditLog, AuditOptions};
@@ -43,6 +47,17 @@ fn record() -> AuditRecord {
         approval: None,
     });
     r.policy = Some("payments/agent-readonly".into());
+    r.actor = Some(Actor {
+        subject: "system:serviceaccount:payments:agent".into(),
+        issuer: Some("https://kubernetes.default.svc.cluster.local".into()),
+        groups: vec!["system:serviceaccounts".into()],
+    });
+    r.resource = Some(Resource {
+        target: Some("payments-db".into()),
+        database: Some("payments".into()),
+        reads: vec!["public.cards".into()],
+        ..Resource::default()
+    });
     r
 }
 
@@ -81,6 +96,14 @@ fn bench(c: &mut Criterion) {
     let log = open(&rt, dir.path(), FsyncPolicy::Never);
     let mut g = c.benchmark_group("record");
     g.throughput(Throughput::Elements(1));
+    let mut chain = Chain::default();
+    g.bench_function("seal", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |r| chain.seal(black_box(r)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.bench_function("caller", |b| {
         b.iter_custom(|iters| {
             // Time only the calls; let the writer drain between bursts so
