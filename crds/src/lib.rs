@@ -12,6 +12,7 @@
 //!   sidecar must agree on;
 //! - [`validation`]: one error type that names every problem with its path.
 
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod glob;

@@ -425,7 +425,7 @@ async fn decided_request_resolves_without_a_watch() {
         "44",
         "wait",
         Timestamp::now() + SignedDuration::from_mins(15),
-        json!([{"decision": "Denied", "reviewer": "carol", "reason": "card 4111111111111111 is out of scope"}]),
+        json!([{"decision": "Denied", "reviewer": "carol", "reason": "card 4111111111111111 is out of scope", "time": ts(Timestamp::now())}]),
         json!({"phase": "Denied", "decidedBy": ["carol"]}),
     );
     reply(send, 200, &denied);
@@ -576,15 +576,68 @@ async fn withdraw_applies_withdrawn_at_to_the_status() {
     task.await.unwrap().unwrap();
 }
 
+/// A deferred request alice approved (stamped by the webhook) so that its
+/// one-hour grant ends at `grant_until`.
 fn approved_deferred(name: &str, rv: &str, uses: i32, grant_until: Timestamp) -> Value {
+    let approved_at = grant_until - SignedDuration::from_hours(1);
     object(
         name,
         rv,
         "deferred",
         Timestamp::now() + SignedDuration::from_mins(15),
-        json!([{"decision": "Approved", "reviewer": "alice"}]),
+        json!([{"decision": "Approved", "reviewer": "alice", "time": ts(approved_at)}]),
         json!({"phase": "Approved", "decidedBy": ["alice"], "uses": uses, "grantExpiresAt": ts(grant_until)}),
     )
+}
+
+/// The held statement of a wait-mode request runs once its approval is
+/// recorded: the operator gives wait-mode approvals no grant end, and that
+/// must not stop the run. A status claiming Approved without a stamped
+/// review does not let it run.
+#[tokio::test]
+async fn a_wait_mode_approval_is_used_once_and_a_forged_phase_is_not() {
+    let name = "payments-0123abcd-wxyz";
+    let expires = Timestamp::now() + SignedDuration::from_mins(15);
+    let stamped =
+        json!([{"decision": "Approved", "reviewer": "alice", "time": ts(Timestamp::now())}]);
+    // As the operator writes it: no grantExpiresAt in wait mode.
+    let approved = object(
+        name,
+        "41",
+        "wait",
+        expires,
+        stamped,
+        json!({"phase": "Approved", "decidedBy": ["alice"]}),
+    );
+    let (store, mut handle) = store();
+    let task = tokio::spawn(async move { store.record_use(name).await });
+    let (_, _, _, _, send) = next(&mut handle).await;
+    reply(send, 200, &approved);
+    let (method, _, _, body, send) = next(&mut handle).await;
+    assert_eq!(method, Method::PATCH);
+    assert_eq!(body["status"], json!({"uses": 1}));
+    reply(send, 200, &approved);
+    task.await.unwrap().unwrap();
+
+    let forged = object(
+        name,
+        "41",
+        "wait",
+        expires,
+        json!([]),
+        json!({"phase": "Approved", "decidedBy": ["alice"]}),
+    );
+    let (store, mut handle) = self::store();
+    let task = tokio::spawn(async move { store.record_use(name).await });
+    let (_, _, _, _, send) = next(&mut handle).await;
+    reply(send, 200, &forged);
+    drop(handle);
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::GrantUnusable);
+    assert_eq!(
+        err.to_string(),
+        format!("approval request {name} is pending")
+    );
 }
 
 #[tokio::test]
@@ -679,6 +732,15 @@ async fn find_grant_selects_by_label_then_full_fingerprint() {
     waiting["spec"]["mode"] = json!("wait");
     let live_later = approved_deferred("payments-0123abcd-eeee", "5", 1, later);
     let live_sooner = approved_deferred("payments-0123abcd-ffff", "6", 0, sooner);
+    // A status patched to Approved by whoever holds the agents' token, with
+    // no review behind it, grants nothing, however soon it would end.
+    let mut forged = approved_deferred(
+        "payments-0123abcd-gggg",
+        "7",
+        0,
+        Timestamp::now() + SignedDuration::from_mins(5),
+    );
+    forged["spec"]["reviews"] = json!([]);
     reply(
         send,
         200,
@@ -689,6 +751,7 @@ async fn find_grant_selects_by_label_then_full_fingerprint() {
             waiting,
             live_later,
             live_sooner,
+            forged,
         ]),
     );
     assert_eq!(

@@ -7,5 +7,5 @@
 
 pub mod admission;
 pub mod cli;
-pub mod lifecycle;
+pub use cardgate_crds::approval as lifecycle;
 pub mod notify;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cardgate_crds::approval::{Reported, evaluate};
 use cardgate_crds::pod::{API_CA_FILE, API_TOKEN_FILE};
 use cardgate_crds::v1alpha1::ApprovalRequest;
 use futures::StreamExt;
@@ -196,7 +197,7 @@ impl KubeStore {
             tokio::select! {
                 event = events.next() => match event {
                     Some(Ok(Some(obj))) => {
-                        if let Some(done) = resolution(&obj) {
+                        if let Some(done) = resolution(&reviewed(obj, Timestamp::now())) {
                             return Ok(done);
                         }
                     }
@@ -252,7 +253,10 @@ impl KubeStore {
         )
         .await
         .map_err(|e| self.fail(e, "list ApprovalRequests"))?;
-        Ok(earliest_grant(&list.items, fingerprint, Timestamp::now()))
+        let now = Timestamp::now();
+        let items: Vec<ApprovalRequest> =
+            list.items.into_iter().map(|r| reviewed(r, now)).collect();
+        Ok(earliest_grant(&items, fingerprint, now))
     }
 
     /// Reports one more use in `status.uses`, guarded by the object's
@@ -280,9 +284,10 @@ impl KubeStore {
         )))
     }
 
+    /// Reads a request, its phase derived (see [`reviewed`]).
     async fn get(&self, name: &str) -> Result<ApprovalRequest, StoreError> {
         match timed(self.inner.api.get(name)).await {
-            Ok(obj) => Ok(obj),
+            Ok(obj) => Ok(reviewed(obj, Timestamp::now())),
             Err(Failure::Api(e)) if status_code(&e) == Some(404) => Err(StoreError::not_found(
                 &format!("{}/{name}", self.inner.namespace),
             )),
@@ -366,6 +371,30 @@ async fn timed<T>(call: impl Future<Output = Result<T, kube::Error>>) -> Result<
         Ok(r) => r.map_err(Failure::Api),
         Err(_) => Err(Failure::Timeout),
     }
+}
+
+/// The request with its phase derived from its webhook-stamped reviews,
+/// its quorum and the clock, exactly as the operator derives it; only what
+/// sidecars report (uses, withdrawal) is read from the status. Whoever holds
+/// the agents' service-account token may patch statuses in the namespace,
+/// so a phase written there never approves anything on its own.
+fn reviewed(mut req: ApprovalRequest, now: Timestamp) -> ApprovalRequest {
+    let mut status = req.status.take().unwrap_or_default();
+    let eval = evaluate(
+        &req.spec,
+        Reported {
+            uses: status.uses,
+            withdrawn_at: status.withdrawn_at.as_ref().map(|t| t.0),
+        },
+        now,
+    );
+    status.phase = eval.phase;
+    status.decided_at = eval.decided_at.map(Time);
+    status.decided_by = eval.decided_by;
+    status.message = Some(eval.message).filter(|m| !m.is_empty());
+    status.grant_expires_at = eval.grant_expires_at.map(Time);
+    req.status = Some(status);
+    req
 }
 
 fn status_code(e: &kube::Error) -> Option<u16> {

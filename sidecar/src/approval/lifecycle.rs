@@ -314,7 +314,8 @@ pub fn resolution(req: &ApprovalRequest) -> Option<Resolution> {
 
 /// How many runs an approval still allows at `now`, or why it allows none
 /// (the text the agent sees): it must be Approved, within its grant
-/// (`grantExpiresAt`; none set means no grant, fail closed) and have uses left.
+/// (`grantExpiresAt`; in deferred mode none set means no grant, fail
+/// closed) and have uses left.
 pub fn check_use(req: &ApprovalRequest, now: Timestamp) -> Result<i32, String> {
     let name = req.metadata.name.as_deref().unwrap_or_default();
     let status = req.status.clone().unwrap_or_default();
@@ -329,15 +330,19 @@ pub fn check_use(req: &ApprovalRequest, now: Timestamp) -> Result<i32, String> {
         Phase::Consumed => return Err(used_up()),
         phase => return Err(format!("approval request {name} is {}", phase_name(phase))),
     }
-    match &status.grant_expires_at {
-        None => return Err(format!("approval {name} has no grant expiry")),
-        Some(until) if now >= until.0 => {
+    // A wait-mode approval is for the held statement, which runs right
+    // away: the operator gives it no grant end, only deferred mode needs one.
+    match (&status.grant_expires_at, req.spec.mode) {
+        (Some(until), _) if now >= until.0 => {
             return Err(format!(
                 "approval {name} expired at {}",
                 until.0.strftime("%Y-%m-%dT%H:%M:%SZ")
             ));
         }
-        Some(_) => {}
+        (Some(_), _) | (None, ApprovalMode::Wait) => {}
+        (None, ApprovalMode::Deferred) => {
+            return Err(format!("approval {name} has no grant expiry"));
+        }
     }
     match req.spec.max_uses.saturating_sub(status.uses) {
         left if left > 0 => Ok(left),

@@ -1,5 +1,8 @@
 //! The phase of an ApprovalRequest as a pure function of its spec, what the
-//! sidecar reported (uses, withdrawal) and the clock.
+//! sidecar reported (uses, withdrawal) and the clock. The operator writes
+//! it to the status; sidecars using the Kubernetes store derive it again
+//! instead of trusting the status, which any holder of the agents' service
+//! account may patch.
 //!
 //! The phase is derived afresh on every reconcile rather than stepped from
 //! the stored one, so a status written by anyone else is corrected on the
@@ -12,7 +15,7 @@
 
 use std::time::Duration;
 
-use cardgate_crds::v1alpha1::{ApprovalMode, ApprovalRequestSpec, Decision, Phase, Review};
+use crate::v1alpha1::{ApprovalMode, ApprovalRequestSpec, Decision, Phase, Review};
 use jiff::{SignedDuration, Timestamp};
 
 /// What the sidecar reported in the status subresource.
@@ -219,7 +222,7 @@ pub fn retain_until(evaluation: &Evaluation, retention: Duration) -> Option<Time
 
 #[cfg(test)]
 mod tests {
-    use cardgate_crds::v1alpha1::ApprovalRequest;
+    use crate::v1alpha1::ApprovalRequest;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
@@ -229,7 +232,7 @@ mod tests {
     }
 
     fn spec(quorum: i32, mode: &str) -> ApprovalRequestSpec {
-        let ar: ApprovalRequest = crate::fixtures::yaml(&format!(
+        let ar: ApprovalRequest = serde_saphyr::from_str(&format!(
             r#"
 apiVersion: cardgate.dev/v1alpha1
 kind: ApprovalRequest
@@ -246,7 +249,8 @@ spec:
   grantTtl: 1h
   maxUses: 2
 "#
-        ));
+        ))
+        .expect("fixture YAML");
         ar.spec
     }
 
