@@ -26,6 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::LocalStore;
 use crate::approval::StoreError;
+use crate::approval::error::mask;
 use crate::approval::lifecycle::phase_name;
 use crate::audit::AuditLog;
 
@@ -172,7 +173,7 @@ impl Records<'_> {
             obj.spec.statement.text,
             obj.spec.rule
         ));
-        rec
+        scrub(rec)
     }
 
     /// The outcome of the current phase; with `note`, the final state
@@ -219,8 +220,29 @@ impl Records<'_> {
                 phase_name(status.phase)
             ),
         });
-        rec
+        scrub(rec)
     }
+}
+
+/// Masks card data in what came from the request file: the file can be
+/// edited by hand, so its text is not trusted to be masked already.
+fn scrub(mut rec: AuditRecord) -> AuditRecord {
+    let (reason, reviewer) = match rec.approval.as_mut() {
+        Some(a) => (a.reason.as_mut(), a.reviewer.as_mut()),
+        None => (None, None),
+    };
+    for text in [
+        rec.message.as_mut(),
+        rec.actor.as_mut().map(|a| &mut a.subject),
+        reason,
+        reviewer,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *text = mask(text);
+    }
+    rec
 }
 
 /// Follows the store until `stop`: a pass at start, on every change of the
@@ -444,6 +466,26 @@ mod tests {
         };
         assert!(!due(&approved, &all, WEEK, t("2026-12-08T11:01:59Z")).delete);
         assert!(due(&approved, &all, WEEK, t("2026-12-08T11:02:00Z")).delete);
+    }
+
+    #[test]
+    fn card_numbers_written_into_the_file_by_hand_are_masked() {
+        let origin = Origin::default();
+        let records = Records {
+            origin: &origin,
+            policy: "p",
+        };
+        let mut obj = request(Phase::Approved, 1);
+        obj.spec.reviews[0].reason = Some("refund card 4111111111111111".into());
+        obj.spec.statement.text = "UPDATE cards SET pan = '5555555555554444'".into();
+        let line = serde_json::to_string(&records.review(&obj, 0)).unwrap();
+        assert!(
+            !line.contains("4111111111111111") && !line.contains("5555555555554444"),
+            "{line}"
+        );
+        assert!(line.contains("411111******1111"), "{line}");
+        let line = serde_json::to_string(&records.outcome(&obj, Some("deleting"))).unwrap();
+        assert!(!line.contains("5555555555554444"), "{line}");
     }
 
     #[test]
