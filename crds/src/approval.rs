@@ -205,19 +205,36 @@ pub fn evaluate(spec: &ApprovalRequestSpec, reported: Reported, now: Timestamp) 
     }
 }
 
-/// When a request in `evaluation` may be deleted, `retention` after it
-/// settled: after the decision, and never while a grant still runs. None
-/// while Pending.
-pub fn retain_until(evaluation: &Evaluation, retention: Duration) -> Option<Timestamp> {
-    if evaluation.phase == Phase::Pending {
+/// When a request in `phase` may be deleted, `retention` after it settled:
+/// after the decision, and never while a grant still runs. None while
+/// Pending. The operator and the standalone sidecar both prune by it.
+pub fn retain_until(
+    phase: Phase,
+    decided_at: Option<Timestamp>,
+    grant_expires_at: Option<Timestamp>,
+    retention: Duration,
+) -> Option<Timestamp> {
+    if phase == Phase::Pending {
         return None;
     }
-    let settled = match (evaluation.decided_at, evaluation.grant_expires_at) {
+    let settled = match (decided_at, grant_expires_at) {
         (Some(d), Some(g)) => d.max(g),
         (Some(d), None) => d,
         (None, g) => g?,
     };
     Some(add(settled, retention))
+}
+
+impl Evaluation {
+    /// When the evaluated request may be deleted (see [`retain_until`]).
+    pub fn retain_until(&self, retention: Duration) -> Option<Timestamp> {
+        retain_until(
+            self.phase,
+            self.decided_at,
+            self.grant_expires_at,
+            retention,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -388,20 +405,17 @@ spec:
         let week = Duration::from_secs(7 * 24 * 3600);
         let s = spec(1, "wait");
         assert_eq!(
-            retain_until(&evaluate(&s, Reported::default(), ts(NOW)), week),
+            evaluate(&s, Reported::default(), ts(NOW)).retain_until(week),
             None
         );
         let expired = evaluate(&s, Reported::default(), ts("2026-11-23T00:00:00Z"));
-        assert_eq!(
-            retain_until(&expired, week),
-            Some(ts("2026-11-29T10:15:00Z"))
-        );
+        assert_eq!(expired.retain_until(week), Some(ts("2026-11-29T10:15:00Z")));
         let mut d = spec(1, "deferred");
         d.reviews
             .push(review(Decision::Approved, "alice", "2026-11-22T10:01:00Z"));
         let approved = evaluate(&d, Reported::default(), ts(NOW));
         assert_eq!(
-            retain_until(&approved, Duration::from_secs(60)),
+            approved.retain_until(Duration::from_secs(60)),
             Some(ts("2026-11-22T11:02:00Z"))
         );
     }

@@ -36,7 +36,7 @@ use serde_json::{Map, Value, json};
 
 use super::conditions::{self, condition_with};
 use super::{Context, Error, kube_err, object_key};
-use crate::approval::lifecycle::{Evaluation, Reported, evaluate, retain_until, show};
+use crate::approval::lifecycle::{Evaluation, Reported, evaluate, show};
 use crate::approval::notify::{Notifier, approve_command, host_of, payload};
 use crate::metrics::{ControllerName, Outcome as ReconcileOutcome};
 use crate::render::meta::FIELD_MANAGER;
@@ -191,7 +191,7 @@ async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<A
     }
 
     // 2. Retention.
-    let retained = retain_until(&eval, retention);
+    let retained = eval.retain_until(retention);
     if let Some(until) = retained.filter(|until| now >= *until) {
         let note = format!(
             "retention of {} after {} ended; deleting the request",

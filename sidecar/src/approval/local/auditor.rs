@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cardgate_crds::approval;
 use cardgate_crds::audit::{
     Actor, ApprovalDetails, AuditRecord, EventKind, Origin, Outcome, Resource,
 };
@@ -101,21 +102,16 @@ pub fn due(obj: &ApprovalRequest, audited: &Audited, retention: Duration, now: T
     }
 }
 
-/// When a settled request may be deleted: `retention` after its decision,
-/// and never while its grant still runs. None while Pending.
+/// When a settled request may be deleted: the operator's rule
+/// ([`approval::retain_until`]) applied to the request's status.
 pub fn retain_until(obj: &ApprovalRequest, retention: Duration) -> Option<Timestamp> {
     let status = obj.status.as_ref()?;
-    if status.phase == Phase::Pending {
-        return None;
-    }
-    let decided = status.decided_at.as_ref().map(|t| t.0);
-    let grant = status.grant_expires_at.as_ref().map(|t| t.0);
-    let settled = match (decided, grant) {
-        (Some(d), Some(g)) => d.max(g),
-        (d, g) => d.or(g)?,
-    };
-    // A retention too long to add keeps the request.
-    settled.checked_add(retention).ok()
+    approval::retain_until(
+        status.phase,
+        status.decided_at.as_ref().map(|t| t.0),
+        status.grant_expires_at.as_ref().map(|t| t.0),
+        retention,
+    )
 }
 
 /// Builds the records with the sidecar's own origin and policy label.
