@@ -45,13 +45,13 @@ const CASES: &[Case] = cases! {
     "SELECT * FROM \"Payments\".\"Cards\"" => Read ["Payments.Cards"] [];
     "SELECT * FROM mydb.payments.cards" => Read ["payments.cards"] [];
     "SELECT lower(name), count(*) FROM customers GROUP BY 1 ORDER BY 2 DESC LIMIT 10" => Read ["public.customers"] [];
-    "SELECT * FROM pg_class" => Read ["pg_catalog.pg_class"] [];
+    "SELECT * FROM pg_class" => Metadata ["pg_catalog.pg_class"] [];
     "SELECT * FROM information_schema.tables" => Read ["information_schema.tables"] [];
     "SELECT * FROM orders o, LATERAL generate_series(1, o.qty) g" => Read ["public.orders"] [];
     "TABLE orders" => Read ["public.orders"] [];
     "VALUES (1), (2)" => Read [] [];
     "SELECT current_setting('search_path'), now(), version()" => Read [] [];
-    "SELECT set_config('application_name', 'agent', false)" => Read [] [];
+    "SELECT set_config('application_name', 'agent', false)" => Metadata [] [];
     "SELECT currval('orders_id_seq')" => Read [] [];
     "SELECT lo_get(42)" => Read ["pg_catalog.pg_largeobject"] [];
     "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM cards" => Read ["public.cards"] [];
@@ -61,6 +61,54 @@ const CASES: &[Case] = cases! {
     "/* DROP TABLE cards; */ SELECT $$DROP TABLE cards$$ -- DELETE FROM orders" => Read [] [];
     "SELECT $x$ ; DELETE FROM orders; $x$ AS harmless" => Read [] [];
     "SELECT 'it''s; DROP TABLE x' FROM orders" => Read ["public.orders"] [];
+
+    // ---- metadata: what drivers and ORMs send to set themselves up, verbatim
+    "select pg_catalog.version()" => Metadata [] [];
+    "select current_schema()" => Metadata [] [];
+    // The keyword form is an SQL value function, not a call: a read of
+    // nothing, as `SELECT 1`.
+    "SELECT current_schema" => Read [] [];
+    "SELECT t.oid, typarray FROM pg_type t JOIN pg_namespace ns ON typnamespace = ns.oid WHERE typname = 'hstore'"
+        => Metadata ["pg_catalog.pg_namespace", "pg_catalog.pg_type"] [];
+    "SELECT typname AS name, oid, typarray AS array_oid, oid::regtype::text AS regtype, typdelim AS delimiter FROM pg_type t WHERE t.oid = to_regtype($1) ORDER BY t.oid"
+        => Metadata ["pg_catalog.pg_type"] [];
+    "SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new" => Metadata [] [];
+    "SELECT set_config('jit', $1, false)" => Metadata [] [];
+    "SELECT t.typname, t.typtype, t.typelem, r.rngsubtype, t.typbasetype, n.nspname, t.typrelid FROM pg_catalog.pg_type t LEFT OUTER JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid INNER JOIN pg_catalog.pg_namespace n ON t.typnamespace = n.oid WHERE t.oid = $1"
+        => Metadata ["pg_catalog.pg_namespace", "pg_catalog.pg_range", "pg_catalog.pg_type"] [];
+    "SELECT enumlabel FROM pg_catalog.pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder" => Metadata ["pg_catalog.pg_enum"] [];
+    "SELECT attname, atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND NOT attisdropped AND attnum > 0 ORDER BY attnum"
+        => Metadata ["pg_catalog.pg_attribute"] [];
+    "SELECT array_agg(ia.atttypid ORDER BY ia.attnum) FROM pg_attribute ia INNER JOIN pg_class c ON (ia.attrelid = c.oid) WHERE c.reltype = $1"
+        => Metadata ["pg_catalog.pg_attribute", "pg_catalog.pg_class"] [];
+    "WITH RECURSIVE typebases(oid, depth) AS (SELECT typbasetype, 0 FROM pg_type WHERE oid = $1 UNION ALL SELECT t2.typbasetype, tb.depth + 1 FROM pg_type t2, typebases tb WHERE tb.oid = t2.oid) SELECT oid::regtype::text FROM typebases"
+        => Metadata ["pg_catalog.pg_type"] [];
+    "SELECT typinput='pg_catalog.array_in'::regproc as is_array, typtype, typname, pg_type.oid FROM pg_catalog.pg_type LEFT JOIN (select ns.oid as nspoid, ns.nspname, r.r from pg_namespace as ns join ( select s.r, (current_schemas(false))[s.r] as nspname from generate_series(1, array_upper(current_schemas(false), 1)) as s(r) ) as r using ( nspname ) ) as sp ON sp.nspoid = typnamespace WHERE pg_type.oid = $1 ORDER BY sp.r, pg_type.oid DESC"
+        => Metadata ["pg_catalog.pg_namespace", "pg_catalog.pg_type"] [];
+    "DECLARE c CURSOR FOR SELECT typname FROM pg_type" => Metadata ["pg_catalog.pg_type"] [];
+    "PREPARE m AS SELECT version()" => Metadata [] [];
+    // …and where the line is: data, other catalogs, unreviewed or foreign
+    // functions, settings that are not harmless, locks.
+    "SELECT version(), pan FROM cards" => Read ["public.cards"] [];
+    "SELECT typname FROM pg_type WHERE typname IN (SELECT pan FROM cards)" => Read ["pg_catalog.pg_type", "public.cards"] [];
+    "SELECT * FROM pg_statistic" => Read ["pg_catalog.pg_statistic"] [];
+    "SELECT rolpassword FROM pg_authid" => Read ["pg_catalog.pg_authid"] [];
+    "SELECT * FROM public.pg_type" => Read ["public.pg_type"] [];
+    "SELECT typname, now() FROM pg_type" => Read ["pg_catalog.pg_type"] [];
+    "SELECT myschema.version()" => Read [] [];
+    "SELECT evil.array_agg(typname) FROM pg_type" => Read ["pg_catalog.pg_type"] [];
+    "SELECT current_setting('data_directory')" => Read [] [];
+    "SELECT current_setting($1)" => Read [] [];
+    "SELECT 1" => Read [] [];
+    "SELECT ARRAY[1, 2]" => Read [] [];
+    "SELECT typname FROM pg_type FOR UPDATE" => Write ["pg_catalog.pg_type"] ["pg_catalog.pg_type"];
+    "SELECT * FROM pg_stat_get_activity(NULL)" => Dangerous [] [];
+    "SELECT pid, query FROM pg_stat_activity" => Read ["pg_catalog.pg_stat_activity"] [];
+    "SELECT pg_stat_get_backend_activity(1)" => Dangerous [] [];
+    "SELECT set_config('default_transaction_read_only', 'off', false)" => Dangerous [] [];
+    "SET default_transaction_read_only = off" => Dangerous [] [];
+    "SELECT set_config('standard_conforming_strings', 'off', false) FROM pg_type" => Dangerous ["pg_catalog.pg_type"] [];
+    "SET jit = off" => Control [] [];
 
     // ---- EXPLAIN: only ANALYZE executes
     "EXPLAIN SELECT * FROM cards" => Read ["public.cards"] [];

@@ -244,6 +244,50 @@ fn empty_classes_match_every_class_and_default_action_applies() {
     assert_eq!(p.action("SELECT 1"), RequireApproval);
 }
 
+/// Driver setup queries are allowed when no rule matches them, whatever the
+/// defaultAction; a rule that matches them decides instead, so they stay
+/// deniable. Before the metadata class, SQLAlchemy's hstore lookup was a
+/// read of an unlisted table and denied by the defaultAction.
+#[test]
+fn metadata_is_allowed_unless_a_rule_matches_it() {
+    let rules = r#"
+  - {action: allow, match: {classes: [read], tables: [orders]}}
+"#;
+    let p = Check::new(rules, "deny");
+    let hstore = "SELECT t.oid, typarray FROM pg_type t JOIN pg_namespace ns ON typnamespace = ns.oid WHERE typname = 'hstore'";
+    let d = p.decide(hstore);
+    assert_eq!(
+        (d.action, d.rule, d.label.as_str()),
+        (Allow, None, "built-in metadata allowance")
+    );
+    assert_eq!(p.action("select pg_catalog.version()"), Allow);
+    // The same catalogs read beside data, or catalogs that hold data, are not
+    // metadata and meet the defaultAction.
+    assert_eq!(p.action("SELECT typname, pan FROM pg_type, cards"), Deny);
+    assert_eq!(p.action("SELECT * FROM pg_statistic"), Deny);
+    assert_eq!(p.action("SELECT pid, query FROM pg_stat_activity"), Deny);
+
+    let p = Check::new(
+        r#"
+  - {name: no-metadata, action: deny, match: {classes: [metadata]}}
+"#,
+        "allow",
+    );
+    let d = p.decide(hstore);
+    assert_eq!((d.action, d.rule), (Deny, Some(0)));
+    // An allow with a table list passes metadata that names no relation, as
+    // it passes `SELECT 1`; one that names catalogs must list them.
+    let p = Check::new(
+        r#"
+  - {action: allow, match: {classes: [metadata], tables: [orders]}}
+  - {action: deny, match: {classes: [metadata]}}
+"#,
+        "deny",
+    );
+    assert_eq!(p.action("SELECT version()"), Allow);
+    assert_eq!(p.action(hstore), Deny);
+}
+
 #[test]
 fn unparseable_is_never_allowed() {
     // An allow rule without conditions does not match what does not parse…

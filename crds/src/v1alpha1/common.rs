@@ -15,7 +15,10 @@ use crate::validation::{Problems, index, join};
 
 /// What a statement does, as decided by parsing it with PostgreSQL's grammar.
 ///
-/// One of: `read` (SELECT and other reads), `write` (INSERT, UPDATE, DELETE,
+/// One of: `metadata` (what drivers and ORMs read to set themselves up: type
+/// and namespace catalogs, `version()`, `current_schema()`, harmless
+/// settings; allowed when no rule matches, and deniable by a rule), `read`
+/// (SELECT and other reads), `write` (INSERT, UPDATE, DELETE,
 /// MERGE, TRUNCATE, COPY FROM STDIN…), `ddl` (CREATE/ALTER/DROP of ordinary
 /// objects), `dangerous` (side effects outside the data: file and program
 /// access, roles and grants, extensions, functions, DO blocks, bulk export),
@@ -27,6 +30,7 @@ use crate::validation::{Problems, index, join};
 #[serde(rename_all = "lowercase")]
 pub enum StatementClass {
     Control,
+    Metadata,
     Read,
     Write,
     Ddl,
@@ -37,8 +41,9 @@ pub enum StatementClass {
 impl StatementClass {
     /// Every class, least restrictive first; a string of several statements is
     /// decided by its most restrictive part (the maximum in this order).
-    pub const ALL: [StatementClass; 6] = [
+    pub const ALL: [StatementClass; 7] = [
         Self::Control,
+        Self::Metadata,
         Self::Read,
         Self::Write,
         Self::Ddl,
@@ -50,6 +55,7 @@ impl StatementClass {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Control => "control",
+            Self::Metadata => "metadata",
             Self::Read => "read",
             Self::Write => "write",
             Self::Ddl => "ddl",

@@ -22,7 +22,7 @@ use super::walk::{Role, Walk};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classification {
     /// The most restrictive class of its statements:
-    /// unparseable > dangerous > ddl > write > read > control.
+    /// unparseable > dangerous > ddl > write > read > metadata > control.
     pub class: StatementClass,
     /// Relations read, qualified `schema.table`, sorted.
     pub reads: Vec<String>,
@@ -413,9 +413,33 @@ fn statement(node: Option<&NodeEnum>) -> Part {
                 name: name.clone(),
                 plan_only: false,
             });
-            from_walk(walk, StatementClass::Control, Utility::Write, effect)
+            let calls = (walk.metadata_calls, walk.unvetted_calls);
+            let mut part = from_walk(walk, StatementClass::Control, Utility::Write, effect);
+            if is_metadata(&part, calls) {
+                part.class = StatementClass::Metadata;
+            }
+            part
         }
     }
+}
+
+/// Whether a read is only what drivers and ORMs read to set themselves up:
+/// it reads no relation but the metadata catalogs, calls only reviewed
+/// metadata and pure functions, and reads at least one catalog or calls at
+/// least one metadata function (so `SELECT 1` stays a read). The rule is
+/// documented in docs/statements.md ("Metadata").
+fn is_metadata(part: &Part, (metadata_calls, unvetted_calls): (bool, bool)) -> bool {
+    part.class == StatementClass::Read
+        && !unvetted_calls
+        && (metadata_calls || !part.rels.is_empty())
+        && part.rels.iter().all(|r| {
+            !r.write
+                && functions::metadata_catalog(&names::qualify(
+                    r.schema.as_deref(),
+                    &r.name,
+                    DEFAULT_SCHEMA,
+                ))
+        })
 }
 
 fn fixed(class: StatementClass, effect: Option<SessionEffect>) -> Part {

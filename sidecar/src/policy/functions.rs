@@ -25,6 +25,15 @@ pub(crate) enum Effect {
     WritesLargeObjects,
     /// `set_config`: harmless only for settings on [`HARMLESS_SETTINGS`].
     SetConfig,
+    /// Tells what the catalog or the server is (its version, this session's
+    /// schema, a type's name) and nothing about other sessions, files or
+    /// table data: makes a query `metadata` (see [`METADATA_CATALOGS`]).
+    Metadata,
+    /// `current_setting`: metadata for settings on [`READABLE_SETTINGS`].
+    ReadSetting,
+    /// Computes from its arguments only: allowed in a `metadata` query,
+    /// which it does not make metadata on its own.
+    Pure,
 }
 
 /// How a list entry names functions.
@@ -69,6 +78,9 @@ const REPLICATION: &str = "reads the change stream of every table or manages rep
 const REMOTE: &str = "connects to another server or runs SQL text the policy cannot see";
 const RAW: &str = "reads raw pages or WAL, bypassing table-level rules";
 const TIMING: &str = "holds the session and its locks; the classic blind-injection probe";
+const OTHER_SESSIONS: &str = "reveals other sessions' queries, users and addresses";
+const FACT: &str = "names the server, this session or a catalog object (metadata)";
+const PURE: &str = "computes from its arguments only (allowed in metadata queries)";
 
 /// The reviewed list. Order does not matter; names never overlap.
 pub(crate) const FUNCTIONS: &[Entry] = &[
@@ -121,6 +133,48 @@ pub(crate) const FUNCTIONS: &[Entry] = &[
     exact("xpath_table", Dangerous, REMOTE),
     // Time.
     prefix("pg_sleep", Dangerous, TIMING),
+    // Other sessions (the functions behind pg_stat_activity).
+    exact("pg_stat_get_activity", Dangerous, OTHER_SESSIONS),
+    prefix("pg_stat_get_backend_", Dangerous, OTHER_SESSIONS),
+    exact("pg_blocking_pids", Dangerous, OTHER_SESSIONS),
+    // What drivers and ORMs read to set themselves up.
+    exact("version", Metadata, FACT),
+    exact("current_schema", Metadata, FACT),
+    exact("current_schemas", Metadata, FACT),
+    exact("current_database", Metadata, FACT),
+    exact("current_catalog", Metadata, FACT),
+    exact("current_user", Metadata, FACT),
+    exact("current_role", Metadata, FACT),
+    exact("session_user", Metadata, FACT),
+    exact("pg_backend_pid", Metadata, FACT),
+    exact("pg_is_in_recovery", Metadata, FACT),
+    exact("format_type", Metadata, FACT),
+    exact("pg_typeof", Metadata, FACT),
+    exact("pg_table_is_visible", Metadata, FACT),
+    exact("pg_type_is_visible", Metadata, FACT),
+    exact("to_regtype", Metadata, FACT),
+    exact("to_regtypemod", Metadata, FACT),
+    exact("to_regclass", Metadata, FACT),
+    exact("to_regnamespace", Metadata, FACT),
+    exact(
+        "current_setting",
+        ReadSetting,
+        "reads a setting; metadata only for the readable ones",
+    ),
+    exact("array_agg", Pure, PURE),
+    exact("array_length", Pure, PURE),
+    exact("array_lower", Pure, PURE),
+    exact("array_upper", Pure, PURE),
+    exact("cardinality", Pure, PURE),
+    exact("generate_series", Pure, PURE),
+    exact("generate_subscripts", Pure, PURE),
+    exact("unnest", Pure, PURE),
+    exact("count", Pure, PURE),
+    exact("max", Pure, PURE),
+    exact("min", Pure, PURE),
+    exact("string_agg", Pure, PURE),
+    exact("lower", Pure, PURE),
+    exact("upper", Pure, PURE),
     // Settings.
     exact(
         "set_config",
@@ -216,13 +270,56 @@ pub(crate) const HARMLESS_SETTINGS: &[&str] = &[
     "transaction_read_only",
     "transaction_deferrable",
     "default_transaction_isolation",
-    "default_transaction_read_only",
     "default_transaction_deferrable",
+    "jit",
     // `SET TRANSACTION …` and `SET SESSION CHARACTERISTICS AS TRANSACTION …`.
     "transaction",
     "session characteristics",
     "transaction snapshot",
 ];
+
+/// Settings a metadata query may read with `current_setting` besides the
+/// harmless ones: read-only facts about the server and how it talks. Reading
+/// them is harmless even where changing them is not.
+pub(crate) const READABLE_SETTINGS: &[&str] = &[
+    "server_version",
+    "server_version_num",
+    "server_encoding",
+    "client_encoding",
+    "standard_conforming_strings",
+    "integer_datetimes",
+    "max_identifier_length",
+    "is_superuser",
+];
+
+/// The catalogs a `metadata` query may read: types, their namespaces,
+/// ranges, enum labels, and the columns of composite types. Not the catalogs
+/// that hold data or secrets (`pg_statistic`, `pg_authid`, `pg_proc`'s
+/// source, `pg_attrdef`, `pg_largeobject`) nor the statistics views.
+pub(crate) const METADATA_CATALOGS: &[&str] = &[
+    "pg_type",
+    "pg_namespace",
+    "pg_range",
+    "pg_multirange",
+    "pg_enum",
+    "pg_attribute",
+    "pg_class",
+];
+
+/// Whether `current_setting(name)` is a metadata read.
+pub(crate) fn readable_setting(name: &str) -> bool {
+    harmless_setting(name)
+        || READABLE_SETTINGS
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// Whether the qualified relation `schema.name` is a metadata catalog.
+pub(crate) fn metadata_catalog(qualified: &str) -> bool {
+    qualified
+        .strip_prefix("pg_catalog.")
+        .is_some_and(|name| METADATA_CATALOGS.contains(&name))
+}
 
 /// Whether `SET name …` only changes harmless session behaviour.
 pub(crate) fn harmless_setting(name: &str) -> bool {
@@ -248,6 +345,9 @@ pub(crate) fn class_of(effect: Effect) -> StatementClass {
         Dangerous | SetConfig => StatementClass::Dangerous,
         Write | WritesRelationArg | WritesLargeObjects => StatementClass::Write,
         ReadsLargeObjects => StatementClass::Read,
+        // They never raise a class; whether a query is metadata is decided
+        // from all of its calls and relations together (classify.rs).
+        Metadata | ReadSetting | Pure => StatementClass::Control,
     }
 }
 
@@ -262,10 +362,12 @@ mod tests {
         assert_eq!(lookup("dblink_exec").unwrap().effect, Dangerous);
         assert_eq!(lookup("pg_ls_waldir").unwrap().effect, Dangerous);
         assert_eq!(lookup("nextval").unwrap().effect, WritesRelationArg);
-        assert!(lookup("count").is_none());
-        assert!(lookup("lower").is_none());
+        assert_eq!(lookup("count").unwrap().effect, Pure);
+        assert_eq!(lookup("version").unwrap().effect, Metadata);
+        assert_eq!(lookup("current_setting").unwrap().effect, ReadSetting);
+        assert_eq!(lookup("pg_stat_get_activity").unwrap().effect, Dangerous);
         assert!(lookup("pg_get_viewdef").is_none());
-        assert!(lookup("current_setting").is_none());
+        assert!(lookup("substr").is_none());
     }
 
     #[test]
@@ -302,7 +404,11 @@ mod tests {
             );
         }
         let lower = doc.to_ascii_lowercase();
-        for s in HARMLESS_SETTINGS {
+        for s in HARMLESS_SETTINGS
+            .iter()
+            .chain(READABLE_SETTINGS)
+            .chain(METADATA_CATALOGS)
+        {
             assert!(lower.contains(s), "docs/statements.md does not list {s}");
         }
     }
@@ -318,9 +424,14 @@ mod tests {
             "session_authorization",
             "work_mem",
             "row_security",
+            "default_transaction_read_only",
         ] {
             assert!(!harmless_setting(s), "{s}");
         }
+        assert!(readable_setting("jit") && readable_setting("server_version"));
+        assert!(!readable_setting("data_directory") && !readable_setting("ssl_key_file"));
+        assert!(metadata_catalog("pg_catalog.pg_type"));
+        assert!(!metadata_catalog("public.pg_type") && !metadata_catalog("pg_catalog.pg_authid"));
         assert!(harmless_setting("TimeZone"));
         assert!(harmless_setting("search_path"));
     }

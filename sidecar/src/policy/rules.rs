@@ -8,6 +8,9 @@ use cardgate_crds::v1alpha1::{RuleAction, StatementClass};
 
 use super::classify::Classification;
 
+/// How decisions made by the built-in metadata allowance are labelled.
+pub const METADATA_ALLOWANCE: &str = "built-in metadata allowance";
+
 /// Compiled rules of one configuration.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -45,7 +48,7 @@ pub struct Decision {
     /// 0-based index of the deciding rule; `None` = defaultAction.
     pub rule: Option<usize>,
     /// How the decision is named in audit records: "rule 3 (no-ddl)",
-    /// "rule 3", or "defaultAction".
+    /// "rule 3", "defaultAction", or "built-in metadata allowance".
     pub label: String,
     /// The class of the statement decided.
     pub class: StatementClass,
@@ -90,7 +93,11 @@ impl Policy {
 
     /// Decides a statement sent to `target`. Statements that do not parse are
     /// never allowed: allow rules do not match them, and an allow
-    /// defaultAction becomes deny.
+    /// defaultAction becomes deny. `metadata` that no rule matches is
+    /// allowed whatever the defaultAction ([`METADATA_ALLOWANCE`]): drivers
+    /// read it to set themselves up, and a rule author should not have to
+    /// know each driver's queries; a rule matching it (e.g. a deny with
+    /// `classes: [metadata]`) decides instead.
     pub fn decide(&self, target: &str, c: &Classification) -> Decision {
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.matches(target, c) {
@@ -102,6 +109,15 @@ impl Policy {
                     rule_name: rule.name.clone(),
                 };
             }
+        }
+        if c.class == StatementClass::Metadata {
+            return Decision {
+                action: RuleAction::Allow,
+                rule: None,
+                label: METADATA_ALLOWANCE.into(),
+                class: c.class,
+                rule_name: None,
+            };
         }
         let action = match self.default_action {
             RuleAction::Allow if c.class == StatementClass::Unparseable => RuleAction::Deny,
@@ -146,7 +162,10 @@ impl Rule {
                 // Nothing to check against the list: fine for `SELECT 1` or
                 // SHOW, but a table list cannot bound a DO block, SET ROLE
                 // or pg_read_file, which name no relation.
-                return matches!(c.class, StatementClass::Read | StatementClass::Control);
+                return matches!(
+                    c.class,
+                    StatementClass::Read | StatementClass::Metadata | StatementClass::Control
+                );
             }
             // Every relation must be listed, so an allow never reaches an
             // unlisted table.

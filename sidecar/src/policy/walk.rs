@@ -70,6 +70,12 @@ pub(crate) struct Walk {
     pub executes: Vec<String>,
     /// Why listed functions changed the class, for people reading decisions.
     pub notes: Vec<String>,
+    /// A built-in metadata function was called (or a harmless setting read
+    /// or set): with only catalog relations, the query is `metadata`.
+    pub metadata_calls: bool,
+    /// A function not reviewed as metadata or pure was called (or a listed
+    /// one under a schema other than pg_catalog): the query is not metadata.
+    pub unvetted_calls: bool,
 }
 
 #[derive(Debug)]
@@ -83,8 +89,15 @@ struct Frame {
 #[derive(Debug)]
 enum Data {
     None,
-    Rel { schema: String, name: String },
-    Func { last: String, arg0: Option<String> },
+    Rel {
+        schema: String,
+        name: String,
+    },
+    Func {
+        schema: String,
+        last: String,
+        arg0: Option<String>,
+    },
     Query,
 }
 
@@ -140,6 +153,8 @@ impl Walk {
             class: StatementClass::Control,
             executes: Vec::new(),
             notes: Vec::new(),
+            metadata_calls: false,
+            unvetted_calls: false,
         };
         // The walk's serializer cannot fail: every method returns Ok.
         let _ = node.serialize(&mut walk);
@@ -188,6 +203,7 @@ impl Walk {
             }
             "FuncCall" => {
                 data = Data::Func {
+                    schema: String::new(),
                     last: String::new(),
                     arg0: None,
                 }
@@ -264,7 +280,7 @@ impl Walk {
                 };
                 self.found(schema, name, role);
             }
-            Data::Func { last, arg0 } => self.call(&last, arg0),
+            Data::Func { schema, last, arg0 } => self.call(&schema, &last, arg0),
         }
     }
 
@@ -277,17 +293,37 @@ impl Walk {
         });
     }
 
-    /// Applies the reviewed function list to a call of `name`.
-    fn call(&mut self, name: &str, arg0: Option<String>) {
+    /// Applies the reviewed function list to a call of `schema.name`
+    /// (`schema` empty when unqualified).
+    fn call(&mut self, schema: &str, name: &str, arg0: Option<String>) {
         let Some(entry) = functions::lookup(name) else {
+            self.unvetted_calls = true;
             return;
         };
+        // Only the built-in is known to be harmless; a dangerous name is
+        // dangerous under any schema (fail closed).
+        let builtin = schema.is_empty() || schema.eq_ignore_ascii_case("pg_catalog");
         let class = match entry.effect {
+            Effect::Metadata | Effect::ReadSetting | Effect::Pure => {
+                let metadata = match entry.effect {
+                    Effect::Metadata => true,
+                    Effect::ReadSetting => arg0.as_deref().is_some_and(functions::readable_setting),
+                    _ => false,
+                };
+                if builtin && (metadata || entry.effect == Effect::Pure) {
+                    self.metadata_calls |= metadata;
+                } else {
+                    self.unvetted_calls = true;
+                }
+                return;
+            }
             Effect::SetConfig => {
                 let harmless = arg0.as_deref().is_some_and(|s| {
                     functions::harmless_setting(s) && !s.eq_ignore_ascii_case("search_path")
                 });
                 if harmless {
+                    self.metadata_calls |= builtin;
+                    self.unvetted_calls |= !builtin;
                     return;
                 }
                 StatementClass::Dangerous
@@ -340,9 +376,14 @@ impl Walk {
                 Some(Frame {
                     name: "FuncCall",
                     field: "funcname",
-                    data: Data::Func { last, .. },
+                    data: Data::Func { schema, last, .. },
                     ..
-                }) => v.clone_into(last),
+                }) => {
+                    // Name parts arrive in order: the one before the last
+                    // is the schema.
+                    *schema = std::mem::take(last);
+                    v.clone_into(last);
+                }
                 Some(Frame {
                     name: "AConst",
                     field: "val",

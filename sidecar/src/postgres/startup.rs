@@ -218,8 +218,7 @@ fn check_params(raw: &[(&[u8], &[u8])]) -> Result<StartupParams, StartupError> {
             "user" => user = Some(value.to_string()),
             "database" => database = Some(value.to_string()),
             "client_encoding" => {
-                let enc = value.to_ascii_lowercase().replace(['-', '_'], "");
-                if enc != "utf8" && enc != "unicode" {
+                if !is_utf8_encoding(value) {
                     return Err(StartupError::new(
                         "22023",
                         format!(
@@ -272,6 +271,19 @@ fn check_params(raw: &[(&[u8], &[u8])]) -> Result<StartupParams, StartupError> {
         application_name,
         passthrough,
     })
+}
+
+/// Whether an encoding name means UTF-8 the way PostgreSQL reads it
+/// (`clean_encoding_name` in its encnames.c): every character that is not an
+/// ASCII letter or digit is dropped and the rest lower-cased, so asyncpg's
+/// quoted `'utf-8'` is UTF8. `unicode` is PostgreSQL's alias for it.
+fn is_utf8_encoding(name: &str) -> bool {
+    let clean: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    clean == "utf8" || clean == "unicode"
 }
 
 /// Asks the client for a cleartext password and returns it: the agent's
@@ -333,6 +345,33 @@ mod tests {
         assert_eq!(p.database, "agent");
         assert_eq!(p.application_name.as_deref(), Some("psql"));
         assert!(p.passthrough.iter().any(|(k, _)| k == "DateStyle"));
+    }
+
+    /// asyncpg sends `client_encoding='utf-8'` (quotes included); the server
+    /// accepts it, so the sidecar must too. Before the fix this was refused
+    /// with 22023 and asyncpg could not connect at all.
+    #[test]
+    fn utf8_is_recognised_as_postgres_spells_it() {
+        for v in [
+            "'utf-8'",
+            "UTF8",
+            "utf_8",
+            "Unicode",
+            "\"UTF-8\"",
+            " utf 8 ",
+        ] {
+            let p = params(&[("user", "a"), ("client_encoding", v)]).unwrap();
+            assert!(
+                p.passthrough
+                    .iter()
+                    .any(|(k, v)| k == "client_encoding" && v == "UTF8"),
+                "{v}"
+            );
+        }
+        for v in ["'sjis'", "latin1", "utf-16", "utf", ""] {
+            let err = params(&[("user", "a"), ("client_encoding", v)]).unwrap_err();
+            assert_eq!(err.code, "22023", "{v}");
+        }
     }
 
     #[test]
