@@ -30,3 +30,6 @@ if ! command -v kubernetes-validate >/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
 fi
+
+# The pinned drivers of the driver matrix (e2e/tests/drivers.rs), under target/drivers.
+"$(dirname "$0")/drivers.sh"

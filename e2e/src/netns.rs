@@ -188,29 +188,16 @@ impl Drop for Guarded {
     }
 }
 
-/// The `cardgate-sidecar` binary of this workspace. `cargo test
-/// --workspace` has just built it; a test run on its own (`cargo test -p
-/// cardgate-e2e`) builds it when any source it is made from is newer.
+/// The `cardgate-sidecar` binary of this workspace, built now if any of its
+/// sources changed. Cargo decides (a no-op when it is up to date): comparing
+/// file times here once let a test run a stale binary, e.g. one copied in
+/// from another checkout with newer times than the sources it was not built
+/// from.
 pub fn sidecar_binary() -> PathBuf {
     let root = crate::repo_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("debug").join("cardgate-sidecar");
-    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-    let sources = [
-        "sidecar/src",
-        "crds/src",
-        "sidecar/Cargo.toml",
-        "crds/Cargo.toml",
-        "Cargo.lock",
-    ]
-    .iter()
-    .filter_map(|p| newest(&root.join(p)))
-    .max();
-    if built.is_some_and(|b| sources.is_none_or(|s| s <= b)) {
-        return binary;
-    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
@@ -225,20 +212,7 @@ pub fn sidecar_binary() -> PathBuf {
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build -p cardgate-sidecar failed");
-    binary
-}
-
-/// The newest modification time of a file or of the files under a directory.
-fn newest(path: &std::path::Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| newest(&e.path()))
-        .max()
+    target.join("debug").join("cardgate-sidecar")
 }
 
 /// Polls `ready` every 20 ms until it is true or `timeout` passes.
