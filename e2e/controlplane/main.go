@@ -6,7 +6,8 @@
 // admission plugins clusters run). No kubelet and no scheduler: pods are
 // stored, never run.
 //
-//	cardgate-controlplane up --dir D      start everything; print "ready <url>"
+//	cardgate-controlplane up --dir D [--stdin-lifeline] [--ephemeral]
+//	                                      start everything; print "ready <url>"
 //	cardgate-controlplane apiserver ...   kube-apiserver (run by `up`)
 //	cardgate-controlplane controller-manager ...
 //
@@ -110,6 +111,7 @@ func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
 	dir := fs.String("dir", "", "state directory (certificates, etcd data, kubeconfigs, logs)")
 	lifeline := fs.Bool("stdin-lifeline", false, "stop when stdin reaches end of file")
+	ephemeral := fs.Bool("ephemeral", false, "remove the state directory on exit")
 	fs.Parse(args)
 	if *dir == "" {
 		return errors.New("--dir is required")
@@ -120,6 +122,9 @@ func up(args []string) error {
 	}
 	if err := os.MkdirAll(d, 0o700); err != nil {
 		return err
+	}
+	if *ephemeral {
+		defer os.RemoveAll(d)
 	}
 	os.Remove(filepath.Join(d, "ready"))
 	ports, err := freePorts(3)

@@ -31,6 +31,8 @@ build() {
     echo "controlplane: built in $((SECONDS - start))s"
   fi
   ln -sfn "$hash" "$out_root/current"
+  # Earlier builds (about 400 MB each) are of no further use.
+  find "$out_root" -mindepth 1 -maxdepth 1 -type d ! -name "$hash" -exec rm -rf {} +
 }
 
 case "${1:-build}" in

@@ -30,3 +30,7 @@ if ! command -v kubernetes-validate >/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
 fi
+
+# The real control plane (kube-apiserver, etcd, kube-controller-manager),
+# kubectl and helm for the cluster suites, built from their Go modules.
+"$(dirname "$0")/controlplane.sh" build
