@@ -6,7 +6,7 @@
 CARGO ?= cargo
 MANIFESTS := target/manifests
 
-.PHONY: all build test lint fmt manifests demo crds bench e2e deps clean
+.PHONY: all build test lint fmt manifests demo crds bench e2e deps clean cluster cluster-down
 
 all: build
 
@@ -61,9 +61,31 @@ bench: deps
 	$(CARGO) bench --workspace
 	@e2e/scripts/bench.sh
 
-## e2e: the real-cluster suite (needs KUBECONFIG for a kind/k3d cluster)
-e2e:
+## e2e: the end-to-end suites, the real control plane's included
+e2e: deps
 	CARDGATE_E2E_REQUIRE_CLUSTER=1 $(CARGO) test -p cardgate-e2e -- --nocapture
+
+CLUSTER_DIR := target/cluster
+
+## cluster: a local control plane to play with (make cluster-down stops it)
+cluster: deps
+	@mkdir -p $(CLUSTER_DIR)
+	@if [ -f $(CLUSTER_DIR)/pid ] && kill -0 "$$(cat $(CLUSTER_DIR)/pid)" 2>/dev/null; then \
+		echo "already running"; \
+	else \
+		rm -f $(CLUSTER_DIR)/ready; \
+		nohup target/controlplane/current/cardgate-controlplane up --dir $(CLUSTER_DIR) \
+			> $(CLUSTER_DIR)/controlplane.log 2>&1 & echo $$! > $(CLUSTER_DIR)/pid; \
+		for i in $$(seq 120); do [ -f $(CLUSTER_DIR)/ready ] && break; sleep 1; done; \
+		[ -f $(CLUSTER_DIR)/ready ] || { cat $(CLUSTER_DIR)/controlplane.log; exit 1; }; \
+	fi
+	target/controlplane/current/kubectl --kubeconfig $(CLUSTER_DIR)/admin.kubeconfig apply --server-side -f config/crd/bases
+	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/admin.kubeconfig PATH=$(CURDIR)/target/controlplane/current:\$$PATH"
+	@echo "kubectl get crd | grep cardgate"
+
+## cluster-down: stop the control plane started by make cluster
+cluster-down:
+	@if [ -f $(CLUSTER_DIR)/pid ]; then kill "$$(cat $(CLUSTER_DIR)/pid)" 2>/dev/null || true; rm -f $(CLUSTER_DIR)/pid; fi
 
 clean:
 	$(CARGO) clean

@@ -33,3 +33,6 @@ fi
 
 # The pinned drivers of the driver matrix (e2e/tests/drivers.rs), under target/drivers.
 "$(dirname "$0")/drivers.sh"
+# The real control plane (kube-apiserver, etcd, kube-controller-manager),
+# kubectl and helm for the cluster suites, built from their Go modules.
+"$(dirname "$0")/controlplane.sh" build

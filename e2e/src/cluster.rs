@@ -1,31 +1,10 @@
-//! Access to a real cluster (kind or k3d) for the cluster suite.
+//! Manifests and server-side apply for the cluster suites (the control
+//! plane itself is in [`crate::controlplane`]).
 
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
-
-/// Environment variable that turns a missing cluster into a failure.
-pub const REQUIRE_CLUSTER: &str = "CARDGATE_E2E_REQUIRE_CLUSTER";
-
-/// A client for the cluster `KUBECONFIG` points at, or `None` (test skipped)
-/// when there is none.
-pub async fn client_or_skip() -> Option<Client> {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        crate::skip_or_fail(
-            REQUIRE_CLUSTER,
-            "KUBECONFIG is not set: no cluster to test against",
-        );
-        return None;
-    }
-    match Client::try_default().await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            crate::skip_or_fail(REQUIRE_CLUSTER, &format!("cannot reach the cluster: {e}"));
-            None
-        }
-    }
-}
 
 /// Reads every YAML document of a file under the repository root.
 pub fn documents(rel: &str) -> Vec<Value> {

@@ -6,6 +6,7 @@
 //! cannot pass by skipping.
 
 pub mod cluster;
+pub mod controlplane;
 pub mod netns;
 pub mod operator;
 pub mod pg;

@@ -60,7 +60,10 @@ pub struct AccessPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subjects: Vec<Subject>,
     /// The cardholder-data services the agents reach through the sidecar.
+    /// A list-map keyed by name, so the API server itself refuses two
+    /// targets with one name.
     #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one target is required"))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub targets: Vec<Target>,
     /// Ordered rules; the first rule that matches a statement decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

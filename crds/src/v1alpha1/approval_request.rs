@@ -9,6 +9,18 @@ use super::common::{ApprovalMode, StatementClass};
 
 /// Most reviews one request can hold; bounds the cost of the CEL rules.
 pub const MAX_REVIEWS: usize = 32;
+/// Longest reviewer username a review can record. The CEL rules compare
+/// reviews with each other, and the API server refuses a CRD whose rules it
+/// estimates above the cost budget; every string and list they walk is
+/// bounded for that. A reviewer beyond these bounds cannot review (the
+/// server refuses the update: fail closed).
+pub const MAX_REVIEWER_LEN: usize = 512;
+/// Longest reason a review can give.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Most groups a review can record.
+pub const MAX_REVIEWER_GROUPS: usize = 256;
+/// Longest group name a review can record.
+pub const MAX_GROUP_LEN: usize = 256;
 /// Longest statement preview shown by `kubectl get approvalrequests`.
 pub const PREVIEW_LEN: usize = 60;
 
@@ -137,15 +149,19 @@ pub enum Decision {
 pub struct Review {
     /// Approved or Denied.
     pub decision: Decision,
-    /// Why; required for a denial.
+    /// Why; required for a denial. At most 1024 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub reason: Option<String>,
     /// Authenticated username of the reviewer (stamped by the webhook; any
-    /// value in the request body is replaced).
+    /// value in the request body is replaced). At most 512 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub reviewer: Option<String>,
-    /// Reviewer's groups (stamped by the webhook).
+    /// Reviewer's groups (stamped by the webhook): at most 256, of at most
+    /// 256 characters each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 256)))]
     pub groups: Vec<String>,
     /// When the review was given (stamped by the webhook).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -143,11 +143,13 @@ pub struct Truncate {
     /// Leading digits shown: at most 6, or 8 (BIN8; applied to card numbers
     /// of 16 digits or more, shorter ones fall back to 6).
     #[serde(default = "six")]
-    #[schemars(range(min = 0))]
+    // Kubernetes knows no `uint8` format (it warns and drops it); int32
+    // with the 0-255 range says the same to the API server.
+    #[schemars(range(min = 0), extend("format" = "int32"))]
     pub leading_digits: u8,
     /// Trailing digits shown: at most 4.
     #[serde(default = "four")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0), extend("format" = "int32"))]
     pub trailing_digits: u8,
 }
 

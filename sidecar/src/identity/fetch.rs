@@ -138,7 +138,10 @@ impl HttpsClient {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut request = Request::get(path)
             .header(HOST, authority.as_str())
-            .header(ACCEPT, "application/json")
+            // kube-apiserver serves /openid/v1/jwks only as
+            // application/jwk-set+json and answers 406 to a plain
+            // application/json; discovery documents are application/json.
+            .header(ACCEPT, "application/jwk-set+json, application/json")
             .header(
                 USER_AGENT,
                 concat!("cardgate-sidecar/", env!("CARGO_PKG_VERSION")),
