@@ -223,7 +223,7 @@ fn header(namespaces: bool, phase: bool) -> Vec<String> {
 pub fn watch_line(request: &ApprovalRequest, now: Timestamp, namespaces: bool) -> String {
     let phase = request.status.as_ref().map_or(Phase::Pending, |s| s.phase);
     let mut cells = row(request, now);
-    cells.insert(1, format!("{phase:?}"));
+    cells.insert(1, phase.to_string());
     if namespaces {
         cells.insert(0, request.namespace().unwrap_or_default());
     }

@@ -136,10 +136,6 @@ fn reviews_recorded(request: &ApprovalRequest) -> usize {
         .min(request.spec.reviews.len())
 }
 
-fn phase_name(phase: Phase) -> String {
-    format!("{phase:?}")
-}
-
 async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<Action, Error> {
     let ns = request
         .namespace()
@@ -161,11 +157,7 @@ async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<A
     let now = (ctx.now)();
     let old = request.status.as_ref();
     let first = old.is_none_or(|s| s.observed_generation.is_none());
-    let reported = Reported {
-        uses: old.map_or(0, |s| s.uses),
-        withdrawn_at: old.and_then(|s| s.withdrawn_at.as_ref()).map(|t| t.0),
-    };
-    let eval = evaluate(spec, reported, now);
+    let eval = evaluate(spec, Reported::from_status(old), now);
     let previous = match old {
         Some(s) if !first => s.phase,
         _ => Phase::Pending,
@@ -243,7 +235,7 @@ async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<A
     let mut status_conditions = vec![condition_with(
         DECIDED,
         if decided { "True" } else { "False" },
-        &phase_name(eval.phase),
+        eval.phase.as_str(),
         &eval.message,
         generation,
         old_conditions,
@@ -329,7 +321,7 @@ async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<A
             } else {
                 EventType::Normal
             },
-            &phase_name(eval.phase),
+            eval.phase.as_str(),
             "Decide",
             eval.message.clone(),
         ));
@@ -547,7 +539,7 @@ impl Records<'_> {
             Phase::Expired | Phase::Pending => None,
         };
         if let Some(a) = record.approval.as_mut() {
-            a.decision = Some(phase_name(eval.phase));
+            a.decision = Some(eval.phase.to_string());
             a.reviewer = decider.and_then(|r| r.reviewer.clone());
             a.reason = decider.and_then(|r| r.reason.clone());
         }
@@ -582,7 +574,7 @@ impl Records<'_> {
             let uses = self.request.status.as_ref().map_or(0, |s| s.uses);
             message = format!(
                 "{note}. Final state: {}: {message}; uses {uses} of {}. Reviews: {}",
-                phase_name(eval.phase),
+                eval.phase,
                 spec.max_uses,
                 if reviews.is_empty() {
                     "none".into()
