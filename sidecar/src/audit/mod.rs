@@ -252,7 +252,11 @@ impl AuditLog {
                     Prepared::Collector(ep) => {
                         let name = format!("collector {}", ep.url());
                         described.push(name.clone());
-                        let tx = collector::spawn(ep, i, limits, tx.clone());
+                        let events = tx.clone();
+                        let report = move |ev| {
+                            let _ = events.send(Msg::Collector(i, ev));
+                        };
+                        let tx = collector::spawn(ep, limits, report);
                         (name, SinkKind::Collector(tx))
                     }
                 };

@@ -21,7 +21,7 @@ use cardgate_crds::audit::{AuditRecord, Chain, EventKind, Origin, Outcome, now_r
 use cardgate_crds::config::FsyncPolicy;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::collector::Batch;
+use super::collector::{Batch, CollectorEvent};
 use super::file::{FileFailure, FileSink};
 use super::{AuditError, BACKLOG, SINK_FAILED, Shared};
 
@@ -46,16 +46,6 @@ pub(crate) enum Msg {
     Close(Waiter),
     /// The log was dropped without close: write what is queued and exit.
     Shutdown,
-}
-
-/// What a collector's delivery task reports.
-pub(crate) enum CollectorEvent {
-    /// The collector accepted every record up to this seq.
-    Acked(u64),
-    /// The buffer overflowed or nothing was accepted for too long.
-    Failed(String),
-    /// Everything buffered has been accepted again.
-    Recovered,
 }
 
 /// Where a sink writes.
