@@ -38,7 +38,7 @@ use super::conditions::{self, condition_with};
 use super::{Context, Error, kube_err, object_key};
 use crate::approval::lifecycle::{Evaluation, Reported, evaluate, show};
 use crate::approval::notify::{Notifier, approve_command, host_of, payload};
-use crate::metrics::{ControllerName, Outcome as ReconcileOutcome};
+use crate::metrics::{ControllerName, ReconcileOutcome};
 use crate::render::meta::FIELD_MANAGER;
 
 /// Retention of decided requests when the policy is gone.

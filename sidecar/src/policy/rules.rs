@@ -39,7 +39,7 @@ enum Tables {
 
 /// The outcome for one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct RuleDecision {
     /// allow, deny or requireApproval.
     pub action: RuleAction,
     /// 0-based index of the deciding rule; `None` = defaultAction.
@@ -91,10 +91,10 @@ impl Policy {
     /// Decides a statement sent to `target`. Statements that do not parse are
     /// never allowed: allow rules do not match them, and an allow
     /// defaultAction becomes deny.
-    pub fn decide(&self, target: &str, c: &Classification) -> Decision {
+    pub fn decide(&self, target: &str, c: &Classification) -> RuleDecision {
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.matches(target, c) {
-                return Decision {
+                return RuleDecision {
                     action: rule.action,
                     rule: Some(i),
                     label: rule.label.clone(),
@@ -107,7 +107,7 @@ impl Policy {
             RuleAction::Allow if c.class == StatementClass::Unparseable => RuleAction::Deny,
             a => a,
         };
-        Decision {
+        RuleDecision {
             action,
             rule: None,
             label: "defaultAction".into(),
@@ -159,7 +159,7 @@ impl Rule {
     }
 }
 
-impl Decision {
+impl RuleDecision {
     /// The 42501 message, e.g. `cardgate: denied by AccessPolicy
     /// payments/agent-readonly rule 3 no-ddl (ddl)`: names the policy, the
     /// rule and the class, so the agent (and its operator) know what to ask
