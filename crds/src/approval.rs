@@ -12,11 +12,21 @@
 //! Only reviews stamped by the admission webhook (reviewer and time set, the
 //! time before the request expired) count: a review that reached the object
 //! without the webhook can never approve anything.
+//!
+//! Whether a review may be added at all is [`review::check_review`]. These
+//! are the only copies of the approval rules: the operator's webhook and
+//! controller, the sidecar's Kubernetes store and its directory store all
+//! call them.
+
+pub mod review;
 
 use std::time::Duration;
 
-use crate::v1alpha1::{ApprovalMode, ApprovalRequestSpec, Decision, Phase, Review};
+use crate::v1alpha1::{
+    ApprovalMode, ApprovalRequestSpec, ApprovalRequestStatus, Decision, Phase, Review,
+};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// What the sidecar reported in the status subresource.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +35,16 @@ pub struct Reported {
     pub uses: i32,
     /// When the agent gave up waiting (disconnect or cancel).
     pub withdrawn_at: Option<Timestamp>,
+}
+
+impl Reported {
+    /// What the sidecar reported, as a stored status holds it.
+    pub fn from_status(status: Option<&ApprovalRequestStatus>) -> Reported {
+        Reported {
+            uses: status.map_or(0, |s| s.uses),
+            withdrawn_at: status.and_then(|s| s.withdrawn_at.as_ref()).map(|t| t.0),
+        }
+    }
 }
 
 /// The phase and the status fields that explain it.
@@ -65,6 +85,16 @@ pub fn add(t: Timestamp, d: Duration) -> Timestamp {
         .ok()
         .and_then(|d| t.checked_add(d).ok())
         .unwrap_or(Timestamp::MAX)
+}
+
+/// When an approval given at `at` stops covering the statement; a TTL too
+/// large to add means a grant that ends as it starts (fail closed), never
+/// one that runs to the end of time.
+fn grant_end(at: Timestamp, ttl: Duration) -> Timestamp {
+    SignedDuration::try_from(ttl)
+        .ok()
+        .and_then(|d| at.checked_add(d).ok())
+        .unwrap_or(at)
 }
 
 /// RFC 3339 in UTC, seconds precision: the form `kubectl` shows.
@@ -142,7 +172,7 @@ pub fn evaluate(spec: &ApprovalRequestSpec, reported: Reported, now: Timestamp) 
         },
         Some((Decision::Approved, at, message)) => {
             let grant_expires_at =
-                (spec.mode == ApprovalMode::Deferred).then(|| add(at, spec.grant_ttl.into()));
+                (spec.mode == ApprovalMode::Deferred).then(|| grant_end(at, spec.grant_ttl.into()));
             let max_uses = spec.max_uses.max(1);
             let used = format!("used {} of {max_uses} times", reported.uses.max(0));
             let evaluation = Evaluation {
@@ -223,6 +253,24 @@ pub fn retain_until(
         (None, g) => g?,
     };
     Some(add(settled, retention))
+}
+
+/// `status` with its phase and the fields that explain it derived afresh by
+/// [`evaluate`]: only what sidecars report (uses, withdrawal) and the
+/// operator's bookkeeping (conditions, observed generation) are kept, so a
+/// phase written by anyone else never approves anything.
+pub fn derive_status(
+    spec: &ApprovalRequestSpec,
+    mut status: ApprovalRequestStatus,
+    now: Timestamp,
+) -> ApprovalRequestStatus {
+    let eval = evaluate(spec, Reported::from_status(Some(&status)), now);
+    status.phase = eval.phase;
+    status.decided_at = eval.decided_at.map(Time);
+    status.decided_by = eval.decided_by;
+    status.message = Some(eval.message).filter(|m| !m.is_empty());
+    status.grant_expires_at = eval.grant_expires_at.map(Time);
+    status
 }
 
 impl Evaluation {
@@ -398,6 +446,36 @@ spec:
         assert_eq!(evaluate(&s, early, ts(NOW)).phase, Phase::Approved);
         s.reviews[0].time = Some(Time(ts("2026-11-22T10:03:00Z")));
         assert_eq!(evaluate(&s, early, ts(NOW)).phase, Phase::Withdrawn);
+    }
+
+    #[test]
+    fn a_grant_too_long_to_add_ends_as_it_starts() {
+        let mut s = spec(1, "deferred");
+        s.grant_ttl = "100000000h".parse().unwrap();
+        s.reviews
+            .push(review(Decision::Approved, "alice", "2026-11-22T10:01:00Z"));
+        let e = evaluate(&s, Reported::default(), ts(NOW));
+        assert_eq!(e.grant_expires_at, Some(ts("2026-11-22T10:01:00Z")));
+        assert_eq!(e.phase, Phase::Expired);
+    }
+
+    #[test]
+    fn a_derived_status_keeps_only_what_sidecars_report() {
+        let s = spec(1, "wait");
+        let forged = ApprovalRequestStatus {
+            phase: Phase::Approved,
+            decided_by: vec!["mallory".into()],
+            uses: 1,
+            withdrawn_at: Some(Time(ts("2026-11-22T10:02:00Z"))),
+            observed_generation: Some(3),
+            ..Default::default()
+        };
+        let derived = derive_status(&s, forged, ts(NOW));
+        assert_eq!(derived.phase, Phase::Withdrawn);
+        assert!(derived.decided_by.is_empty());
+        assert_eq!(derived.uses, 1);
+        assert_eq!(derived.observed_generation, Some(3));
+        assert_eq!(derived.decided_at, Some(Time(ts("2026-11-22T10:02:00Z"))));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::v1alpha1::{
     ApprovalSettings, DetectorType, Limits, MaskActionType, MaskingRuleSpec, PolicyRule, Protocol,
@@ -513,6 +514,13 @@ pub enum ConfigError {
 impl SidecarConfig {
     /// Reads and fully validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_digest(path).map(|(config, _)| config)
+    }
+
+    /// [`SidecarConfig::load`], with the SHA-256 of the very bytes parsed:
+    /// one read, so the digest a `config.loaded` record names is always of
+    /// the configuration that runs, even if the file is replaced meanwhile.
+    pub fn load_with_digest(path: &Path) -> Result<(Self, [u8; 32]), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
             source,
@@ -521,7 +529,7 @@ impl SidecarConfig {
         if let Some(base) = path.parent() {
             config.resolve_paths(base);
         }
-        Ok(config)
+        Ok((config, Sha256::digest(text.as_bytes()).into()))
     }
 
     /// Makes every relative file path in the configuration relative to

@@ -12,6 +12,8 @@
 //!   sidecar must agree on;
 //! - [`validation`]: one error type that names every problem with its path.
 
+#![forbid(unsafe_code)]
+
 pub mod approval;
 pub mod audit;
 pub mod config;

@@ -70,14 +70,6 @@ impl Problems {
         });
     }
 
-    /// Adds every problem of an earlier validation, re-rooted under `prefix`.
-    pub fn extend_under(&mut self, prefix: &str, errors: ValidationErrors) {
-        for e in errors.0 {
-            let path = join(prefix, &e.path);
-            self.0.push(FieldError { path, ..e });
-        }
-    }
-
     /// Whether nothing was found so far.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -99,6 +99,16 @@ fn every_invalid_sample_is_rejected_with_its_message() {
 }
 
 #[test]
+fn the_digest_is_of_the_bytes_loaded() {
+    use sha2::{Digest, Sha256};
+    let path = root().join("config/standalone/cardgate.yaml");
+    let (config, digest) = SidecarConfig::load_with_digest(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config, SidecarConfig::load(&path).unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&bytes)));
+}
+
+#[test]
 fn standalone_config_loads_and_summarizes() {
     let path = root().join("config/standalone/cardgate.yaml");
     let config = SidecarConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -2,6 +2,8 @@
 //! records human decisions on ApprovalRequests. Also home of the
 //! `kubectl-cardgate` plugin used by approvers and auditors.
 
+#![forbid(unsafe_code)]
+
 pub mod approval;
 pub mod audit;
 pub mod collector_ca;

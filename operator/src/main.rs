@@ -1,6 +1,8 @@
 //! `cardgate-operator`: reconciles AccessPolicies and MaskingRules into
 //! governed agent pods. See docs/operator.md for flags and behaviour.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use cardgate_operator::settings::Settings;

@@ -29,7 +29,7 @@ pub enum ControllerName {
 
 /// How a reconcile ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum ReconcileOutcome {
     /// Everything applied.
     Ready,
     /// The object has problems its owner must fix (see its conditions).
@@ -62,12 +62,12 @@ label_values!(ControllerName {
     MaskingRule => "maskingrule",
     ApprovalRequest => "approvalrequest",
 });
-label_values!(Outcome { Ready => "ready", Degraded => "degraded", Error => "error" });
+label_values!(ReconcileOutcome { Ready => "ready", Degraded => "degraded", Error => "error" });
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReconcileLabels {
     controller: ControllerName,
-    outcome: Outcome,
+    outcome: ReconcileOutcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -186,7 +186,7 @@ pub struct ReconcileTimer<'a> {
 
 impl ReconcileTimer<'_> {
     /// Records the duration and outcome.
-    pub fn finish(self, outcome: Outcome) {
+    pub fn finish(self, outcome: ReconcileOutcome) {
         let m = self.metrics;
         m.durations
             .get_or_create(&ControllerLabels {
@@ -210,7 +210,7 @@ mod tests {
     fn exposition_names_every_metric_with_its_labels() {
         let m = Metrics::new();
         m.reconcile(ControllerName::AccessPolicy)
-            .finish(Outcome::Degraded);
+            .finish(ReconcileOutcome::Degraded);
         m.reconcile_error(ControllerName::MaskingRule, "Conflict");
         m.webhook.injections.inc();
         m.set_leader(true);

@@ -526,7 +526,7 @@ async fn every_update_rule_refuses_with_a_precise_message() {
             caller: &BOB,
             old: open.clone(),
             new: with_review(&open, json!({"decision": "Denied", "reason": "  "})),
-            message: "cardgate: a denial needs a reason (kubectl cardgate deny NAME --reason …)".into(),
+            message: "cardgate: a denial needs a reason (deny NAME --reason …)".into(),
         },
         Case {
             name: "card-number-in-reason",

@@ -4,6 +4,8 @@
 //! statement against the AccessPolicy, masks card data in everything it
 //! returns or writes, and keeps a tamper-evident audit trail.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod approval;
 pub mod audit;

@@ -1,5 +1,7 @@
 //! `cardgate-sidecar`: the data-path proxy and its operator tools.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -158,7 +158,7 @@ fn list_approve_show_and_deny() {
     );
     assert_eq!(
         ok(s.run(&["approve", &first, "--as", "bob"])),
-        format!("{first}: approval by bob recorded; now approved\n")
+        format!("{first}: approval by bob recorded; now Approved\n")
     );
     let shown = ok(s.run(&["show", &first]));
     assert!(shown.contains("Phase:       Approved"), "{shown}");
@@ -193,7 +193,7 @@ fn list_approve_show_and_deny() {
             "--as",
             "bob"
         ])),
-        format!("{second}: denial by bob recorded; now denied\n")
+        format!("{second}: denial by bob recorded; now Denied\n")
     );
     let listing = ok(s.run(&["list"]));
     assert!(
@@ -226,7 +226,7 @@ fn refusals_exit_1_with_the_reason_and_change_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
-        "cardgate-sidecar approvals: cardgate: mallory is not an approver (users: alice, bob; groups: dba-oncall)\n"
+        "cardgate-sidecar approvals: cardgate: mallory is not an approver of AccessPolicy payments (approvers: users alice, bob; groups dba-oncall)\n"
     );
     let out = approvals(&s.config(), &["approve", &name], None);
     assert_eq!(out.status.code(), Some(1));
@@ -255,7 +255,7 @@ fn refusals_exit_1_with_the_reason_and_change_nothing() {
     // a group claim is accepted as stated
     assert_eq!(
         ok(s.run(&["approve", &name, "--as", "dave", "--group", "dba-oncall"])),
-        format!("{name}: approval by dave recorded; now approved\n")
+        format!("{name}: approval by dave recorded; now Approved\n")
     );
 }
 

@@ -636,7 +636,7 @@ async fn a_wait_mode_approval_is_used_once_and_a_forged_phase_is_not() {
     assert_eq!(err.kind(), StoreErrorKind::GrantUnusable);
     assert_eq!(
         err.to_string(),
-        format!("approval request {name} is pending")
+        format!("approval request {name} is Pending")
     );
 }
 

@@ -5,12 +5,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cardgate_crds::approval::review::{ReviewRefusal, Reviewer};
 use cardgate_crds::config::SidecarConfig;
 use cardgate_crds::v1alpha1::{
     ApprovalMode, Approvers, Decision, Phase, Requester, StatementClass,
 };
 use cardgate_sidecar::approval::cli::{ApprovalsArgs, ApprovalsCommand, ReviewerArgs, execute};
-use cardgate_sidecar::approval::lifecycle::{Refusal, Reviewer};
 use cardgate_sidecar::approval::{
     Directory, Grant, LocalStore, NewRequest, Resolution, ReviewError, Store, StoreErrorKind,
     fingerprint,
@@ -239,7 +239,7 @@ async fn approval_from_another_task_wakes_the_waiter() {
         .unwrap();
     assert_eq!(
         out,
-        format!("{name}: approval by bob recorded; now approved\n")
+        format!("{name}: approval by bob recorded; now Approved\n")
     );
     let resolution = tokio::time::timeout(PROMPT, waiter)
         .await
@@ -278,15 +278,20 @@ async fn denial_reaches_the_waiter_with_reviewer_and_reason() {
     assert_eq!(
         s.cli_review(&name, "carol", Decision::Denied, None)
             .unwrap_err(),
-        "cardgate: a denial needs a reason (--reason)"
+        "cardgate: a denial needs a reason (deny NAME --reason …)"
     );
-    s.cli_review(
-        &name,
-        "carol",
-        Decision::Denied,
-        Some("card 4111 1111 1111 1111 is not in scope"),
-    )
-    .unwrap();
+    assert_eq!(
+        s.cli_review(
+            &name,
+            "carol",
+            Decision::Denied,
+            Some("card 4111 1111 1111 1111 is not in scope"),
+        )
+        .unwrap_err(),
+        "cardgate: spec.reviews[0].reason holds what looks like an unmasked card number; cardgate never stores card numbers"
+    );
+    s.cli_review(&name, "carol", Decision::Denied, Some("not in scope"))
+        .unwrap();
     let resolution = tokio::time::timeout(PROMPT, waiter)
         .await
         .expect("woken by the change")
@@ -301,10 +306,7 @@ async fn denial_reaches_the_waiter_with_reviewer_and_reason() {
         panic!("expected a denial, got {resolution:?}");
     };
     assert_eq!((n.as_str(), reviewer.as_str()), (name.as_str(), "carol"));
-    assert_eq!(
-        reason, "card 4111 11** **** 1111 is not in scope",
-        "the reason is masked"
-    );
+    assert_eq!(reason, "not in scope");
     let raw = std::fs::read_to_string(s.dir().join(format!("{name}.json"))).unwrap();
     assert!(!raw.contains("4111 1111 1111 1111"));
 }
@@ -331,7 +333,7 @@ async fn undecided_request_expires_and_then_refuses_reviews() {
     assert_eq!(
         s.cli_review(&name, "alice", Decision::Approved, None)
             .unwrap_err(),
-        "cardgate: the request is already expired; nothing can change"
+        format!("cardgate: {name} is already Expired; nothing can change")
     );
 }
 
@@ -365,7 +367,7 @@ async fn withdrawal_ends_the_wait_and_is_final() {
     assert_eq!(
         s.cli_review(&name, "alice", Decision::Approved, None)
             .unwrap_err(),
-        "cardgate: the request is already withdrawn; nothing can change"
+        format!("cardgate: {name} is already Withdrawn; nothing can change")
     );
     // withdrawing a decided request changes nothing
     let other = store
@@ -395,7 +397,7 @@ async fn deferred_grant_is_found_used_and_consumed() {
     assert_eq!(err.kind(), StoreErrorKind::GrantUnusable);
     assert_eq!(
         err.to_string(),
-        format!("approval request {name} is pending")
+        format!("approval request {name} is Pending")
     );
 
     s.cli_review(&name, "bob", Decision::Approved, Some("one-off fix"))
@@ -577,7 +579,7 @@ async fn self_approval_and_strangers_are_refused_and_change_nothing() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cardgate: mallory is not an approver (users: alice, bob, carol, agent-7; groups: dba-oncall)"
+        "cardgate: mallory is not an approver of AccessPolicy payments (approvers: users alice, bob, carol, agent-7; groups dba-oncall)"
     );
     let oncall = Reviewer {
         name: "dave".into(),
@@ -599,7 +601,10 @@ async fn self_approval_and_strangers_are_refused_and_change_nothing() {
         .unwrap_err();
     assert!(matches!(
         err,
-        ReviewError::Refused(Refusal::Decided(Phase::Approved))
+        ReviewError::Refused(ReviewRefusal::Decided {
+            phase: Phase::Approved,
+            ..
+        })
     ));
     let obj = dir.get(&name, now).unwrap();
     assert_eq!(obj.spec.reviews.len(), 1);
@@ -783,4 +788,57 @@ async fn malformed_requests_are_refused_before_anything_is_written() {
         .filter(|n| n != ".lock")
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The directory store applies the admission webhook's review rules, not a
+/// copy of them: each review below is one the webhook refuses in a cluster
+/// (operator/tests/approval_admission.rs), with the same message, and it
+/// leaves the request without a review.
+#[tokio::test]
+async fn reviews_the_admission_webhook_refuses_are_refused_here_too() {
+    let s = Setup::new();
+    let dir = s.directory();
+    let now = Timestamp::now();
+    let name = dir
+        .create(
+            &request(
+                "UPDATE t SET a = 6",
+                ApprovalMode::Wait,
+                1,
+                Duration::from_secs(900),
+            ),
+            now,
+        )
+        .unwrap()
+        .metadata
+        .name
+        .unwrap();
+    let long = "x".repeat(1025);
+    for (decision, reason, message) in [
+        (
+            Decision::Approved,
+            "refund card 4111 1111 1111 1111",
+            "cardgate: spec.reviews[0].reason holds what looks like an unmasked card number; cardgate never stores card numbers",
+        ),
+        (
+            Decision::Denied,
+            long.as_str(),
+            "cardgate: the reason is longer than 1024 characters",
+        ),
+    ] {
+        let err = dir
+            .review(
+                &name,
+                &approvers(),
+                &who("alice"),
+                decision,
+                Some(reason),
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+    let obj = dir.get(&name, now).unwrap();
+    assert!(obj.spec.reviews.is_empty(), "{:?}", obj.spec.reviews);
+    assert_eq!(obj.status.unwrap().phase, Phase::Pending);
 }

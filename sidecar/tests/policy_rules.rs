@@ -5,7 +5,7 @@
 
 use cardgate_crds::config::{PolicyName, SidecarConfig};
 use cardgate_crds::v1alpha1::RuleAction::{self, *};
-use cardgate_sidecar::policy::{Classifier, Decision, Policy, SqlSession};
+use cardgate_sidecar::policy::{Classifier, Policy, RuleDecision, SqlSession};
 
 /// A valid configuration with two postgres targets and the given rules.
 fn config(rules: &str, default_action: &str) -> SidecarConfig {
@@ -57,12 +57,12 @@ impl Check {
         }
     }
 
-    fn on(&self, target: &str, sql: &str) -> Decision {
+    fn on(&self, target: &str, sql: &str) -> RuleDecision {
         let c = SqlSession::new().effective(self.classifier.classify(sql));
         self.policy.decide(target, &c)
     }
 
-    fn decide(&self, sql: &str) -> Decision {
+    fn decide(&self, sql: &str) -> RuleDecision {
         self.on("payments-db", sql)
     }
 

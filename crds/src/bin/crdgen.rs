@@ -5,6 +5,8 @@
 //! `config/crd/bases/*.yaml` and `charts/cardgate/crds/*.yaml`; with it, it
 //! exits non-zero when a file on disk differs.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

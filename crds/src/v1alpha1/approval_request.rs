@@ -187,6 +187,25 @@ impl Phase {
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Pending)
     }
+
+    /// The phase as the API spells it (`status.phase`, `kubectl get`); the
+    /// one spelling used in messages, Events and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Approved => "Approved",
+            Self::Denied => "Denied",
+            Self::Expired => "Expired",
+            Self::Consumed => "Consumed",
+            Self::Withdrawn => "Withdrawn",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Observed state of an ApprovalRequest.

@@ -335,7 +335,7 @@ impl ApprovalSettings {
 
 /// Reviewers, matched against the username and groups the Kubernetes API
 /// server authenticated.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Approvers {
     /// Usernames, e.g. `alice@example.com`.

@@ -5,17 +5,22 @@
 //! change is one appended review, by an approver of the policy who is not
 //! the requester, while the request is still open; the review's reviewer,
 //! groups and time come from the admission request's authentication
-//! ([`stamp`]), never from the body. CEL rules on the CRD back the static
+//! ([`cardgate_crds::approval::review::stamp`]), never from the body. CEL rules on the CRD back the static
 //! parts; these checks add what needs the caller's identity, the policy and
 //! the clock, with messages that name the person and the rule.
+//!
+//! The review rules themselves are [`check_review`] in `cardgate-crds`,
+//! which the sidecar's directory store applies too; this module adds what
+//! only an UPDATE through the API server has: fixed fields, append-only
+//! reviews, the policy lookup and the stamp.
 
 use std::time::Duration;
 
-use cardgate_crds::v1alpha1::{
-    AccessPolicy, ApprovalRequest, ApprovalRequestSpec, Decision, Review,
+use cardgate_crds::approval::review::{
+    ReviewRefusal, Reviewer, SERVICE_ACCOUNT_PREFIX, check_review, looks_like_card_number,
 };
+use cardgate_crds::v1alpha1::{AccessPolicy, ApprovalRequest, ApprovalRequestSpec, Review};
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::lifecycle::{add, show};
@@ -23,13 +28,9 @@ use super::lifecycle::{add, show};
 /// Furthest a new request may expire: beyond this a forgotten request
 /// would linger as an open door.
 pub const MAX_EXPIRY: Duration = Duration::from_secs(24 * 3600);
-/// Longest review reason accepted.
-pub const MAX_REASON: usize = 1024;
 /// How far a stamped time may lie from the validating webhook's clock (the
 /// mutating webhook stamped it moments before, maybe on another replica).
 pub const STAMP_SKEW: Duration = Duration::from_secs(60);
-/// Prefix of Kubernetes service-account usernames.
-pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// The caller as the API server authenticated it (`request.userInfo`).
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,16 @@ pub struct Caller<'a> {
     pub username: &'a str,
     /// Groups.
     pub groups: &'a [String],
+}
+
+impl Caller<'_> {
+    /// The caller as the review rules see a reviewer.
+    pub fn reviewer(self) -> Reviewer {
+        Reviewer {
+            name: self.username.to_string(),
+            groups: self.groups.to_vec(),
+        }
+    }
 }
 
 /// Which webhook is checking: the mutating one stamps new reviews after
@@ -152,62 +163,9 @@ pub enum Refusal {
         /// How many.
         count: usize,
     },
-    /// UPDATE of a decided request.
-    #[error("cardgate: {name} is already {outcome}; nothing can change")]
-    Decided {
-        /// Request name.
-        name: String,
-        /// What decided it.
-        outcome: String,
-    },
-    /// UPDATE after the expiry.
-    #[error("cardgate: {name} expired at {at}; it can no longer be reviewed")]
-    Expired {
-        /// Request name.
-        name: String,
-        /// The expiry.
-        at: String,
-    },
-    /// UPDATE after the requester withdrew.
-    #[error("cardgate: {name} was withdrawn by the requester; it can no longer be reviewed")]
-    Withdrawn {
-        /// Request name.
-        name: String,
-    },
-    /// The requester reviewing.
-    #[error("cardgate: {user} cannot {verb} their own request")]
-    SelfReview {
-        /// Caller.
-        user: String,
-        /// approve or deny.
-        verb: &'static str,
-    },
-    /// Somebody outside the approver set.
-    #[error(
-        "cardgate: {user} is not an approver of AccessPolicy {policy} (approvers: {approvers})"
-    )]
-    NotAnApprover {
-        /// Caller.
-        user: String,
-        /// Policy name.
-        policy: String,
-        /// Who is.
-        approvers: String,
-    },
-    /// A second review by the same person.
-    #[error("cardgate: {user} has already reviewed {name}")]
-    AlreadyReviewed {
-        /// Caller.
-        user: String,
-        /// Request name.
-        name: String,
-    },
-    /// A denial without reason.
-    #[error("cardgate: a denial needs a reason (kubectl cardgate deny NAME --reason …)")]
-    ReasonRequired,
-    /// An overlong reason.
-    #[error("cardgate: the reason is longer than {MAX_REASON} characters")]
-    ReasonTooLong,
+    /// A review the shared review rules refuse.
+    #[error(transparent)]
+    Review(#[from] ReviewRefusal),
     /// The validating webhook found a review the mutating one did not stamp.
     #[error(
         "cardgate: review {index} does not carry the reviewer, groups and time of the authenticated caller; is MutatingWebhookConfiguration cardgate-approvalrequests installed?"
@@ -386,111 +344,14 @@ pub fn check_update(
         1 => {}
         count => return Err(Refusal::OneAtATime { count }),
     }
-    let name = old.name_any();
-    if let Some(outcome) = closed(old) {
-        return Err(Refusal::Decided { name, outcome });
-    }
-    if old
-        .status
-        .as_ref()
-        .is_some_and(|s| s.withdrawn_at.is_some())
-    {
-        return Err(Refusal::Withdrawn { name });
-    }
-    if now >= before.expires_at.0 {
-        return Err(Refusal::Expired {
-            name,
-            at: show(before.expires_at.0),
-        });
-    }
-    let review = &after.reviews[index];
-    let user = caller.username;
-    if user == before.requester.subject || user == before.requester.service_account {
-        return Err(Refusal::SelfReview {
-            user: user.into(),
-            verb: match review.decision {
-                Decision::Approved => "approve",
-                Decision::Denied => "deny",
-            },
-        });
-    }
     let namespace = old.namespace().unwrap_or_default();
     let approval = approval_settings(before, &namespace, policy)?;
-    let approvers = &approval.approvers;
-    let is_approver = approvers.users.iter().any(|u| u == user)
-        || approvers.groups.iter().any(|g| caller.groups.contains(g));
-    if !is_approver {
-        return Err(Refusal::NotAnApprover {
-            user: user.into(),
-            policy: before.policy.clone(),
-            approvers: describe_approvers(&approvers.users, &approvers.groups),
-        });
-    }
-    if before
-        .reviews
-        .iter()
-        .any(|r| r.reviewer.as_deref() == Some(user))
-    {
-        return Err(Refusal::AlreadyReviewed {
-            user: user.into(),
-            name,
-        });
-    }
-    let reason = review.reason.as_deref().unwrap_or_default();
-    if review.decision == Decision::Denied && reason.trim().is_empty() {
-        return Err(Refusal::ReasonRequired);
-    }
-    if reason.chars().count() > MAX_REASON {
-        return Err(Refusal::ReasonTooLong);
-    }
-    if looks_like_card_number(reason) {
-        return Err(Refusal::CardNumber {
-            field: format!("spec.reviews[{index}].reason"),
-        });
-    }
+    let review = &after.reviews[index];
+    check_review(old, &approval.approvers, &caller.reviewer(), review, now)?;
     if stage == Stage::Validating && !stamped_by(review, caller, now) {
         return Err(Refusal::NotStamped { index });
     }
     Ok(Some(index))
-}
-
-/// Why `request` can no longer change, if it is decided: by its phase, or
-/// by its reviews even if the controller has not caught up.
-fn closed(request: &ApprovalRequest) -> Option<String> {
-    let phase = request.status.as_ref().map(|s| s.phase);
-    if let Some(phase) = phase.filter(|p| p.is_final()) {
-        return Some(format!("{phase:?}"));
-    }
-    request.spec.decision().map(|d| match d {
-        Decision::Approved => "Approved".to_string(),
-        Decision::Denied => "Denied".to_string(),
-    })
-}
-
-fn describe_approvers(users: &[String], groups: &[String]) -> String {
-    let mut parts = Vec::new();
-    if !users.is_empty() {
-        parts.push(format!("users {}", users.join(", ")));
-    }
-    if !groups.is_empty() {
-        parts.push(format!("groups {}", groups.join(", ")));
-    }
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join("; ")
-    }
-}
-
-/// `review` with the caller's identity and `now`, whatever the body said.
-pub fn stamp(review: &Review, caller: Caller<'_>, now: Timestamp) -> Review {
-    Review {
-        decision: review.decision,
-        reason: review.reason.clone(),
-        reviewer: Some(caller.username.to_string()),
-        groups: caller.groups.to_vec(),
-        time: Some(Time(now)),
-    }
 }
 
 /// Whether `review` carries the caller's identity and a time near `now`.
@@ -502,74 +363,4 @@ fn stamped_by(review: &Review, caller: Caller<'_>, now: Timestamp) -> bool {
             .time
             .as_ref()
             .is_some_and(|t| now.duration_since(t.0).abs() <= skew)
-}
-
-/// Whether `text` holds a card-number-shaped digit run: 13 to 19 digits,
-/// optionally grouped by single spaces or dashes, passing the Luhn check.
-/// Reasons and statement texts with one are refused rather than stored.
-pub fn looks_like_card_number(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut digits: Vec<u8> = Vec::with_capacity(19);
-    let mut i = 0;
-    while i <= bytes.len() {
-        let b = bytes.get(i).copied();
-        match b {
-            Some(d @ b'0'..=b'9') => digits.push(d - b'0'),
-            Some(b' ' | b'-')
-                if !digits.is_empty() && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {}
-            _ => {
-                if (13..=19).contains(&digits.len()) && luhn(&digits) {
-                    return true;
-                }
-                digits.clear();
-            }
-        }
-        i += 1;
-    }
-    false
-}
-
-fn luhn(digits: &[u8]) -> bool {
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            let d = u32::from(d);
-            if i % 2 == 1 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn card_numbers_are_spotted_in_any_common_grouping() {
-        for text in [
-            "4111111111111111",
-            "refund 4111 1111 1111 1111 please",
-            "card 4111-1111-1111-1111.",
-            "378282246310005",
-        ] {
-            assert!(looks_like_card_number(text), "{text}");
-        }
-        for text in [
-            "4111111111111112",
-            "order 4711",
-            "ticket OPS-12345 approved",
-            "41111111111111111111111",
-            "4111  1111 1111 1111",
-            "",
-        ] {
-            assert!(!looks_like_card_number(text), "{text}");
-        }
-    }
 }

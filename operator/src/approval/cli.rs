@@ -223,7 +223,7 @@ fn header(namespaces: bool, phase: bool) -> Vec<String> {
 pub fn watch_line(request: &ApprovalRequest, now: Timestamp, namespaces: bool) -> String {
     let phase = request.status.as_ref().map_or(Phase::Pending, |s| s.phase);
     let mut cells = row(request, now);
-    cells.insert(1, format!("{phase:?}"));
+    cells.insert(1, phase.to_string());
     if namespaces {
         cells.insert(0, request.namespace().unwrap_or_default());
     }
@@ -737,9 +737,9 @@ fraud-analyst-0a1b2c3d-wxyz   system:serviceaccount:agents:fraud-analyst     led
 
     /// A writer the test reads while the watch runs.
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    struct CapturedOutput(Arc<Mutex<Vec<u8>>>);
 
-    impl Write for Shared {
+    impl Write for CapturedOutput {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
@@ -796,7 +796,7 @@ fraud-analyst-0a1b2c3d-wxyz   system:serviceaccount:agents:fraud-analyst     led
             }
         });
         let client = Client::new(service, "payments");
-        let out = Shared::default();
+        let out = CapturedOutput::default();
         let mut writer = out.clone();
         let task = tokio::spawn(async move { watch(&client, Some("payments"), &mut writer).await });
         let text = || String::from_utf8(out.0.lock().unwrap().clone()).unwrap();

@@ -1,5 +1,7 @@
 //! `kubectl cardgate`: the plugin approvers and auditors use.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

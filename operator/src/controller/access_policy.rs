@@ -29,7 +29,7 @@ use serde_json::json;
 
 use super::conditions::{self, DEGRADED, NETWORK_POLICIES_APPLIED, READY};
 use super::{Context, DEGRADED_RETRY, Error, RESYNC, kube_err, object_key};
-use crate::metrics::{ControllerName, Outcome};
+use crate::metrics::{ControllerName, ReconcileOutcome};
 use crate::render::meta::{self, FIELD_MANAGER, FINALIZER};
 use crate::render::observed::{
     ApiServerEndpoint, GovernedPods, Observed, Problem, secret_uses, service_keys,
@@ -51,9 +51,9 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
     let timer = ctx.metrics.reconcile(ControllerName::AccessPolicy);
     let result = reconcile_policy(&policy, &ctx).await;
     timer.finish(match &result {
-        Ok(Reconciled::Ready | Reconciled::Deleted) => Outcome::Ready,
-        Ok(Reconciled::Degraded) => Outcome::Degraded,
-        Err(_) => Outcome::Error,
+        Ok(Reconciled::Ready | Reconciled::Deleted) => ReconcileOutcome::Ready,
+        Ok(Reconciled::Degraded) => ReconcileOutcome::Degraded,
+        Err(_) => ReconcileOutcome::Error,
     });
     let reconciled = result?;
     ctx.succeeded(&object_key(&*policy));

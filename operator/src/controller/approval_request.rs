@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use cardgate_crds::audit::{Actor, ApprovalDetails, AuditRecord, EventKind, Outcome, Resource};
 use cardgate_crds::v1alpha1::{AccessPolicy, ApprovalRequest, Decision, Phase};
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -38,7 +39,7 @@ use super::conditions::{self, condition_with};
 use super::{Context, Error, kube_err, object_key};
 use crate::approval::lifecycle::{Evaluation, Reported, evaluate, show};
 use crate::approval::notify::{Notifier, approve_command, host_of, payload};
-use crate::metrics::{ControllerName, Outcome as ReconcileOutcome};
+use crate::metrics::{ControllerName, ReconcileOutcome};
 use crate::render::meta::FIELD_MANAGER;
 
 /// Retention of decided requests when the policy is gone.
@@ -136,8 +137,23 @@ fn reviews_recorded(request: &ApprovalRequest) -> usize {
         .min(request.spec.reviews.len())
 }
 
-fn phase_name(phase: Phase) -> String {
-    format!("{phase:?}")
+/// One reconcile pass over a request: what it is now and what changed
+/// since the last pass. The steps below run in the order of the module
+/// documentation.
+struct Pass<'a> {
+    request: &'a ApprovalRequest,
+    ctx: &'a Context,
+    ns: String,
+    name: String,
+    uid: String,
+    now: Timestamp,
+    eval: Evaluation,
+    /// No earlier pass wrote a status.
+    first: bool,
+    /// The phase left Pending (or moved on) since the last pass.
+    changed: bool,
+    /// Reviews no earlier pass recorded.
+    new_reviews: std::ops::Range<usize>,
 }
 
 async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<Action, Error> {
@@ -147,8 +163,6 @@ async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<A
     if request.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let name = request.name_any();
-    let uid = request.uid().unwrap_or_default();
     let spec = &request.spec;
     let policies: Api<AccessPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let policy = policies
@@ -157,215 +171,270 @@ async fn reconcile_request(request: &ApprovalRequest, ctx: &Context) -> Result<A
         .map_err(kube_err(format!("get AccessPolicy {ns}/{}", spec.policy)))?;
     let approval = policy.as_ref().and_then(|p| p.spec.approval.as_ref());
     let retention: Duration = approval.map_or(DEFAULT_RETENTION, |a| a.retention.into());
+    let url = approval
+        .and_then(|a| a.notify.as_ref())
+        .map(|n| n.url.clone());
 
-    let now = (ctx.now)();
-    let old = request.status.as_ref();
-    let first = old.is_none_or(|s| s.observed_generation.is_none());
-    let reported = Reported {
-        uses: old.map_or(0, |s| s.uses),
-        withdrawn_at: old.and_then(|s| s.withdrawn_at.as_ref()).map(|t| t.0),
-    };
-    let eval = evaluate(spec, reported, now);
-    let previous = match old {
-        Some(s) if !first => s.phase,
-        _ => Phase::Pending,
-    };
-    let changed = eval.phase != previous && eval.phase != Phase::Pending;
-    let new_reviews = reviews_recorded(request)..spec.reviews.len();
-
-    // 1. The audit trail first: nothing is announced that is not recorded.
-    let records = Records {
-        request,
-        ns: &ns,
-        name: &name,
-    };
-    for index in new_reviews.clone() {
-        ctx.audit
-            .write(records.review(ctx, index))
-            .map_err(Error::Audit)?;
+    let pass = Pass::new(request, ctx, ns);
+    pass.audit_changes()?;
+    let retained = pass.eval.retain_until(retention);
+    if let Some(until) = retained.filter(|until| pass.now >= *until) {
+        pass.delete_after_retention(retention, until).await?;
+        return Ok(Action::await_change());
     }
-    if changed {
-        ctx.audit
-            .write(records.outcome(ctx, &eval, None))
-            .map_err(Error::Audit)?;
+    let delivery = pass.announce(url);
+    pass.apply_status(delivery.as_ref()).await?;
+    pass.publish_events(delivery.as_ref()).await;
+    Ok(pass.next_action(retained, delivery.as_ref()))
+}
+
+impl<'a> Pass<'a> {
+    fn new(request: &'a ApprovalRequest, ctx: &'a Context, ns: String) -> Self {
+        let now = (ctx.now)();
+        let old = request.status.as_ref();
+        let first = old.is_none_or(|s| s.observed_generation.is_none());
+        let eval = evaluate(&request.spec, Reported::from_status(old), now);
+        let previous = match old {
+            Some(s) if !first => s.phase,
+            _ => Phase::Pending,
+        };
+        Pass {
+            request,
+            ctx,
+            name: request.name_any(),
+            uid: request.uid().unwrap_or_default(),
+            ns,
+            now,
+            first,
+            changed: eval.phase != previous && eval.phase != Phase::Pending,
+            new_reviews: reviews_recorded(request)..request.spec.reviews.len(),
+            eval,
+        }
     }
 
-    // 2. Retention.
-    let retained = eval.retain_until(retention);
-    if let Some(until) = retained.filter(|until| now >= *until) {
+    fn records(&self) -> Records<'_> {
+        Records {
+            request: self.request,
+            ns: &self.ns,
+            name: &self.name,
+        }
+    }
+
+    fn old_conditions(&self) -> &'a [Condition] {
+        self.request.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+
+    /// Step 1: The audit trail first: nothing is announced that is not recorded.
+    fn audit_changes(&self) -> Result<(), Error> {
+        let (ctx, records) = (self.ctx, self.records());
+        for index in self.new_reviews.clone() {
+            ctx.audit
+                .write(records.review(ctx, index))
+                .map_err(Error::Audit)?;
+        }
+        if self.changed {
+            ctx.audit
+                .write(records.outcome(ctx, &self.eval, None))
+                .map_err(Error::Audit)?;
+        }
+        Ok(())
+    }
+
+    /// Step 2: Retention: the final state is audited, then the request deleted.
+    async fn delete_after_retention(
+        &self,
+        retention: Duration,
+        until: Timestamp,
+    ) -> Result<(), Error> {
+        let (ctx, eval, ns, name) = (self.ctx, &self.eval, &self.ns, &self.name);
         let note = format!(
             "retention of {} after {} ended; deleting the request",
             humantime(retention),
             show(eval.decided_at.or(eval.grant_expires_at).unwrap_or(until)),
         );
         ctx.audit
-            .write(records.outcome(ctx, &eval, Some(&note)))
+            .write(self.records().outcome(ctx, eval, Some(&note)))
             .map_err(Error::Audit)?;
-        let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), ns);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: Some(uid.clone()),
+                uid: Some(self.uid.clone()),
                 resource_version: None,
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&name, &params).await {
+        match api.delete(name, &params).await {
             Ok(_) => tracing::info!(namespace = ns, name, "deleted after retention"),
             // Already gone, or replaced by a new request of the same name.
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(kube_err(format!("delete ApprovalRequest {ns}/{name}"))(e)),
         }
-        ctx.approvals.forget(&uid);
-        return Ok(Action::await_change());
+        ctx.approvals.forget(&self.uid);
+        Ok(())
     }
 
-    // 3. Announcement.
-    let url = approval
-        .and_then(|a| a.notify.as_ref())
-        .map(|n| n.url.clone());
-    let old_conditions: &[Condition] = old.map_or(&[], |s| &s.conditions);
-    let was_notified = conditions::find(old_conditions, NOTIFIED);
-    let delivery = match (ctx.approvals.state(&uid), url) {
-        (Some(d), _) => Some(d),
-        // New, or the announcement was cut short by a restart.
-        (None, Some(url))
-            if eval.phase == Phase::Pending
-                && (first || was_notified.is_some_and(|c| c.status == "Unknown")) =>
-        {
-            Some(ctx.approvals.start(request, &uid, url))
-        }
-        (None, _) => None,
-    };
-
-    // 4. Status.
-    let generation = request.meta().generation;
-    let decided = eval.phase != Phase::Pending;
-    let mut status_conditions = vec![condition_with(
-        DECIDED,
-        if decided { "True" } else { "False" },
-        &phase_name(eval.phase),
-        &eval.message,
-        generation,
-        old_conditions,
-        now,
-    )];
-    let notified = match &delivery {
-        Some(Delivery::Sending { host }) => {
-            Some(("Unknown", "Sending", format!("announcing to {host}")))
-        }
-        Some(Delivery::Delivered { host, attempts }) => Some((
-            "True",
-            "Delivered",
-            format!("announced to {host} (attempt {attempts})"),
-        )),
-        Some(Delivery::Failed(message)) => Some(("False", "Failed", message.clone())),
-        None => None,
-    };
-    match notified {
-        Some((status, reason, message)) => status_conditions.push(condition_with(
-            NOTIFIED,
-            status,
-            reason,
-            &message,
-            generation,
-            old_conditions,
-            now,
-        )),
-        None => status_conditions.extend(was_notified.cloned()),
-    }
-    let body = json!({
-        "apiVersion": ApprovalRequest::api_version(&()),
-        "kind": ApprovalRequest::kind(&()),
-        "status": status_body(&eval, status_conditions, generation)?,
-    });
-    let api: Api<ApprovalRequest> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(kube_err(format!(
-        "apply status of ApprovalRequest {ns}/{name}"
-    )))?;
-    if matches!(
-        delivery,
-        Some(Delivery::Delivered { .. } | Delivery::Failed(_))
-    ) {
-        // The outcome is in the status now.
-        ctx.approvals.forget(&uid);
-    }
-
-    // 5. Events.
-    let mut events = Vec::new();
-    if first {
-        events.push(event(
-            EventType::Normal,
-            "Created",
-            "Create",
-            format!(
-                "{} asks to run {:?} on {} ({}); approve with: {}",
-                spec.requester.subject,
-                spec.statement.preview,
-                spec.target,
-                spec.rule,
-                approve_command(request)
-            ),
-        ));
-    }
-    for index in new_reviews {
-        events.push(event(
-            EventType::Normal,
-            "Reviewed",
-            "Review",
-            records.review_summary(index),
-        ));
-    }
-    if changed {
-        let warning = matches!(eval.phase, Phase::Denied | Phase::Expired);
-        events.push(event(
-            if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            &phase_name(eval.phase),
-            "Decide",
-            eval.message.clone(),
-        ));
-    }
-    if let Some(Delivery::Failed(message)) = &delivery {
-        events.push(event(
-            EventType::Warning,
-            "NotificationFailed",
-            "Notify",
-            message.clone(),
-        ));
-    }
-    let reference = request.object_ref(&());
-    for e in events {
-        if let Err(err) = ctx.recorder.publish(&e, &reference).await {
-            tracing::warn!(request = %object_key(request), error = %err, "cannot publish Event");
+    /// Step 3: The announcement of a new request, started in the background (or
+    /// started again when a restart cut it short), and how it goes.
+    fn announce(&self, url: Option<String>) -> Option<Delivery> {
+        let was_notified = conditions::find(self.old_conditions(), NOTIFIED);
+        match (self.ctx.approvals.state(&self.uid), url) {
+            (Some(d), _) => Some(d),
+            (None, Some(url))
+                if self.eval.phase == Phase::Pending
+                    && (self.first || was_notified.is_some_and(|c| c.status == "Unknown")) =>
+            {
+                Some(self.ctx.approvals.start(self.request, &self.uid, url))
+            }
+            (None, _) => None,
         }
     }
 
-    // 6. Next time-driven change, or the announcement's outcome.
-    let next = [eval.next_change, retained]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|t| {
-            Duration::try_from(t.duration_since(now))
-                .unwrap_or_default()
-                .max(Duration::from_millis(1))
+    /// Step 4: The status the controller owns, by server-side apply.
+    async fn apply_status(&self, delivery: Option<&Delivery>) -> Result<(), Error> {
+        let generation = self.request.meta().generation;
+        let body = json!({
+            "apiVersion": ApprovalRequest::api_version(&()),
+            "kind": ApprovalRequest::kind(&()),
+            "status": status_body(&self.eval, self.conditions(delivery, generation), generation)?,
         });
-    let next = match delivery {
-        Some(Delivery::Sending { .. }) => {
-            Some(next.map_or(ANNOUNCEMENT_POLL, |n| n.min(ANNOUNCEMENT_POLL)))
+        let (ns, name) = (&self.ns, &self.name);
+        let api: Api<ApprovalRequest> = Api::namespaced(self.ctx.client.clone(), ns);
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(kube_err(format!(
+            "apply status of ApprovalRequest {ns}/{name}"
+        )))?;
+        if matches!(
+            delivery,
+            Some(Delivery::Delivered { .. } | Delivery::Failed(_))
+        ) {
+            // The outcome is in the status now.
+            self.ctx.approvals.forget(&self.uid);
         }
-        _ => next,
-    };
-    Ok(next.map_or_else(Action::await_change, Action::requeue))
+        Ok(())
+    }
+
+    /// Decided, and Notified while an announcement is or was under way.
+    fn conditions(&self, delivery: Option<&Delivery>, generation: Option<i64>) -> Vec<Condition> {
+        let (eval, old, now) = (&self.eval, self.old_conditions(), self.now);
+        let decided = eval.phase != Phase::Pending;
+        let mut status_conditions = vec![condition_with(
+            DECIDED,
+            if decided { "True" } else { "False" },
+            eval.phase.as_str(),
+            &eval.message,
+            generation,
+            old,
+            now,
+        )];
+        let notified = match delivery {
+            Some(Delivery::Sending { host }) => {
+                Some(("Unknown", "Sending", format!("announcing to {host}")))
+            }
+            Some(Delivery::Delivered { host, attempts }) => Some((
+                "True",
+                "Delivered",
+                format!("announced to {host} (attempt {attempts})"),
+            )),
+            Some(Delivery::Failed(message)) => Some(("False", "Failed", message.clone())),
+            None => None,
+        };
+        match notified {
+            Some((status, reason, message)) => status_conditions.push(condition_with(
+                NOTIFIED, status, reason, &message, generation, old, now,
+            )),
+            None => status_conditions.extend(conditions::find(old, NOTIFIED).cloned()),
+        }
+        status_conditions
+    }
+
+    /// Step 5: Events, visible in `kubectl describe`; a failure to publish one
+    /// is logged, never fatal.
+    async fn publish_events(&self, delivery: Option<&Delivery>) {
+        let reference = self.request.object_ref(&());
+        for e in self.events(delivery) {
+            if let Err(err) = self.ctx.recorder.publish(&e, &reference).await {
+                tracing::warn!(request = %object_key(self.request), error = %err, "cannot publish Event");
+            }
+        }
+    }
+
+    fn events(&self, delivery: Option<&Delivery>) -> Vec<Event> {
+        let (request, eval) = (self.request, &self.eval);
+        let spec = &request.spec;
+        let mut events = Vec::new();
+        if self.first {
+            events.push(event(
+                EventType::Normal,
+                "Created",
+                "Create",
+                format!(
+                    "{} asks to run {:?} on {} ({}); approve with: {}",
+                    spec.requester.subject,
+                    spec.statement.preview,
+                    spec.target,
+                    spec.rule,
+                    approve_command(request)
+                ),
+            ));
+        }
+        let records = self.records();
+        for index in self.new_reviews.clone() {
+            events.push(event(
+                EventType::Normal,
+                "Reviewed",
+                "Review",
+                records.review_summary(index),
+            ));
+        }
+        if self.changed {
+            let warning = matches!(eval.phase, Phase::Denied | Phase::Expired);
+            events.push(event(
+                if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                eval.phase.as_str(),
+                "Decide",
+                eval.message.clone(),
+            ));
+        }
+        if let Some(Delivery::Failed(message)) = delivery {
+            events.push(event(
+                EventType::Warning,
+                "NotificationFailed",
+                "Notify",
+                message.clone(),
+            ));
+        }
+        events
+    }
+
+    /// Step 6: The next time-driven change (expiry, end of a grant, end of
+    /// retention), or soon while an announcement is in flight.
+    fn next_action(&self, retained: Option<Timestamp>, delivery: Option<&Delivery>) -> Action {
+        let next = [self.eval.next_change, retained]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| {
+                Duration::try_from(t.duration_since(self.now))
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(1))
+            });
+        let next = match delivery {
+            Some(Delivery::Sending { .. }) => {
+                Some(next.map_or(ANNOUNCEMENT_POLL, |n| n.min(ANNOUNCEMENT_POLL)))
+            }
+            _ => next,
+        };
+        next.map_or_else(Action::await_change, Action::requeue)
+    }
 }
 
 fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
@@ -547,7 +616,7 @@ impl Records<'_> {
             Phase::Expired | Phase::Pending => None,
         };
         if let Some(a) = record.approval.as_mut() {
-            a.decision = Some(phase_name(eval.phase));
+            a.decision = Some(eval.phase.to_string());
             a.reviewer = decider.and_then(|r| r.reviewer.clone());
             a.reason = decider.and_then(|r| r.reason.clone());
         }
@@ -582,7 +651,7 @@ impl Records<'_> {
             let uses = self.request.status.as_ref().map_or(0, |s| s.uses);
             message = format!(
                 "{note}. Final state: {}: {message}; uses {uses} of {}. Reviews: {}",
-                phase_name(eval.phase),
+                eval.phase,
                 spec.max_uses,
                 if reviews.is_empty() {
                     "none".into()

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::conditions::{self, READY};
 use super::{Context, DEGRADED_RETRY, Error, RESYNC, kube_err, object_key};
-use crate::metrics::{ControllerName, Outcome};
+use crate::metrics::{ControllerName, ReconcileOutcome};
 use crate::render::meta::FIELD_MANAGER;
 
 /// Reason of a valid rule's Ready condition.
@@ -30,15 +30,15 @@ pub async fn reconcile(rule: Arc<MaskingRule>, ctx: Arc<Context>) -> Result<Acti
     match result {
         Ok(valid) => {
             timer.finish(if valid {
-                Outcome::Ready
+                ReconcileOutcome::Ready
             } else {
-                Outcome::Degraded
+                ReconcileOutcome::Degraded
             });
             ctx.succeeded(&object_key(&*rule));
             Ok(Action::requeue(if valid { RESYNC } else { DEGRADED_RETRY }))
         }
         Err(e) => {
-            timer.finish(Outcome::Error);
+            timer.finish(ReconcileOutcome::Error);
             Err(e)
         }
     }

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 };
 
 use super::InjectSettings;
-use super::sidecar::CONFIG_VOLUME;
+use super::sidecar::{CONFIG_VOLUME, repository};
 
 /// The only capabilities the init container adds.
 const CAPABILITIES: [&str; 2] = ["NET_ADMIN", "NET_RAW"];
@@ -70,7 +70,7 @@ pub(super) fn init_container(settings: &InjectSettings) -> Container {
 /// capabilities beyond NET_ADMIN and NET_RAW, unprivileged, and an ordinary
 /// init container that runs to completion.
 pub(super) fn impostor(c: &Container, sidecar_repository: &str) -> Option<String> {
-    let repository = super::validate::repository(c.image.as_deref().unwrap_or(""));
+    let repository = repository(c.image.as_deref().unwrap_or(""));
     if repository != sidecar_repository {
         return Some(format!(
             "runs image {:?}, which is not the cardgate sidecar ({sidecar_repository})",

@@ -384,6 +384,18 @@ pub(super) fn dir_of(path: &str) -> String {
         .to_string()
 }
 
+/// Image name without tag or digest: `registry:5000/cardgate-sidecar:1.2`
+/// becomes `registry:5000/cardgate-sidecar`, so a sidecar injected by the
+/// previous operator version during an upgrade is still recognised.
+pub(super) fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(colon) => &image[..slash + colon],
+        None => image,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,5 +422,26 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(CREDENTIALS_VOLUME_PREFIX));
         assert!(!a.contains("--"), "{a}");
+    }
+
+    #[test]
+    fn repository_drops_tag_and_digest_only() {
+        assert_eq!(
+            repository("ghcr.io/cardgate/sidecar:1.2"),
+            "ghcr.io/cardgate/sidecar"
+        );
+        assert_eq!(
+            repository("localhost:5000/sidecar"),
+            "localhost:5000/sidecar"
+        );
+        assert_eq!(
+            repository("localhost:5000/sidecar:dev"),
+            "localhost:5000/sidecar"
+        );
+        assert_eq!(
+            repository("ghcr.io/cardgate/sidecar:1.2@sha256:abcd"),
+            "ghcr.io/cardgate/sidecar"
+        );
+        assert_eq!(repository("sidecar"), "sidecar");
     }
 }

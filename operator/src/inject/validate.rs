@@ -21,7 +21,7 @@ use kube::ResourceExt;
 
 use super::agent::AGENT_TOKEN_VOLUME;
 use super::interception;
-use super::sidecar::{CONFIG_VOLUME, find_sidecar};
+use super::sidecar::{CONFIG_VOLUME, find_sidecar, repository};
 use super::{InjectSettings, VOLUME_PREFIX};
 
 /// Capabilities that let a container get around the sidecar, with the reason
@@ -219,18 +219,6 @@ fn check_identity(
     }
 }
 
-/// Image name without tag or digest: `registry:5000/cardgate-sidecar:1.2`
-/// becomes `registry:5000/cardgate-sidecar`, so a sidecar injected by the
-/// previous operator version during an upgrade is still recognised.
-pub(super) fn repository(image: &str) -> &str {
-    let image = image.split('@').next().unwrap_or(image);
-    let slash = image.rfind('/').map_or(0, |i| i + 1);
-    match image[slash..].rfind(':') {
-        Some(colon) => &image[..slash + colon],
-        None => image,
-    }
-}
-
 /// The fields the rules read, shared by containers and ephemeral containers.
 struct View<'a> {
     name: &'a str,
@@ -394,7 +382,7 @@ fn opens_the_api_or_collector(audience: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{opens_the_api_or_collector, repository};
+    use super::opens_the_api_or_collector;
 
     #[test]
     fn api_and_collector_tokens_are_recognised() {
@@ -406,26 +394,5 @@ mod tests {
         assert!(!opens_the_api_or_collector(Some("cardgate-sidecar")));
         assert!(!opens_the_api_or_collector(Some("vault")));
         assert!(!opens_the_api_or_collector(Some("sts.amazonaws.com")));
-    }
-
-    #[test]
-    fn repository_drops_tag_and_digest_only() {
-        assert_eq!(
-            repository("ghcr.io/cardgate/sidecar:1.2"),
-            "ghcr.io/cardgate/sidecar"
-        );
-        assert_eq!(
-            repository("localhost:5000/sidecar"),
-            "localhost:5000/sidecar"
-        );
-        assert_eq!(
-            repository("localhost:5000/sidecar:dev"),
-            "localhost:5000/sidecar"
-        );
-        assert_eq!(
-            repository("ghcr.io/cardgate/sidecar:1.2@sha256:abcd"),
-            "ghcr.io/cardgate/sidecar"
-        );
-        assert_eq!(repository("sidecar"), "sidecar");
     }
 }

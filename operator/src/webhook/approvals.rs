@@ -28,8 +28,9 @@ use tracing::info;
 use super::metrics::WebhookMetrics;
 use super::server::{Admission, Admit};
 use crate::approval::admission::{
-    Caller, Refusal, Stage, check_create, check_update, requester_pod, stamp,
+    Caller, Refusal, Stage, check_create, check_update, requester_pod,
 };
+use cardgate_crds::approval::review::stamp;
 
 /// How long a request waits for the policy cache's first listing.
 const CACHE_WAIT: Duration = Duration::from_secs(5);
@@ -111,7 +112,7 @@ impl ReviewStamper {
         else {
             return Ok(response);
         };
-        let stamped = stamp(&new.spec.reviews[index], caller, now);
+        let stamped = stamp(&new.spec.reviews[index], &caller.reviewer(), now);
         let patch: json_patch::Patch = serde_json::from_value(json!([{
             "op": "replace",
             "path": format!("/spec/reviews/{index}"),

@@ -15,8 +15,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::StoreError;
 use super::error::mask;
-use super::lifecycle::{Reviewer, phase_name};
 use super::local::{Directory, FileProblem, ReviewError};
+use cardgate_crds::approval::review::Reviewer;
 
 /// How long decided requests stay in `list` without `--all`.
 const RECENT: SignedDuration = SignedDuration::from_hours(24);
@@ -238,7 +238,7 @@ fn confirm(
             approvals(obj),
             obj.spec.quorum
         ),
-        phase => format!("now {}", phase_name(phase)),
+        phase => format!("now {phase}"),
     };
     writeln!(
         out,
@@ -291,7 +291,7 @@ fn phase_cell(r: &ApprovalRequest, now: Timestamp) -> String {
         {
             "Approved (grant expired)".into()
         }
-        phase => format!("{phase:?}"),
+        phase => phase.to_string(),
     }
 }
 

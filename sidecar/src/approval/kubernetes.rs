@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cardgate_crds::approval::{Reported, evaluate};
+use cardgate_crds::approval::derive_status;
 use cardgate_crds::pod::{API_CA_FILE, API_TOKEN_FILE};
 use cardgate_crds::v1alpha1::ApprovalRequest;
 use futures::StreamExt;
@@ -379,21 +379,8 @@ async fn timed<T>(call: impl Future<Output = Result<T, kube::Error>>) -> Result<
 /// the agents' service-account token may patch statuses in the namespace,
 /// so a phase written there never approves anything on its own.
 fn reviewed(mut req: ApprovalRequest, now: Timestamp) -> ApprovalRequest {
-    let mut status = req.status.take().unwrap_or_default();
-    let eval = evaluate(
-        &req.spec,
-        Reported {
-            uses: status.uses,
-            withdrawn_at: status.withdrawn_at.as_ref().map(|t| t.0),
-        },
-        now,
-    );
-    status.phase = eval.phase;
-    status.decided_at = eval.decided_at.map(Time);
-    status.decided_by = eval.decided_by;
-    status.message = Some(eval.message).filter(|m| !m.is_empty());
-    status.grant_expires_at = eval.grant_expires_at.map(Time);
-    req.status = Some(status);
+    let status = req.status.take().unwrap_or_default();
+    req.status = Some(derive_status(&req.spec, status, now));
     req
 }
 

@@ -9,9 +9,9 @@
 //! text can be sent to the agent: the caller denies the statement with it
 //! (fail closed).
 //!
-//! The pure rules — phase transitions, who may review, what a decision means
-//! for the agent — live in [`lifecycle`] and are shared by the local store,
-//! its CLI and the tests.
+//! The approval rules — the phase, who may review — are
+//! `cardgate_crds::approval`, the operator's own; what a decision means for
+//! the agent lives in [`lifecycle`], shared by both stores and the CLI.
 
 pub mod cli;
 mod error;

@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -29,7 +28,6 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_rustls::TlsConnector;
 
 use super::AuditError;
-use super::writer::{CollectorEvent, Msg};
 
 /// Path used when the configured URL has none.
 pub const DEFAULT_PATH: &str = "/v1/audit";
@@ -47,6 +45,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) struct Batch {
     pub(crate) bytes: Bytes,
     pub(crate) last: u64,
+}
+
+/// What a collector's delivery task reports to the writer.
+pub(crate) enum CollectorEvent {
+    /// The collector accepted every record up to this seq.
+    Acked(u64),
+    /// The buffer overflowed or nothing was accepted for too long.
+    Failed(String),
+    /// Everything buffered has been accepted again.
+    Recovered,
 }
 
 /// Limits of one collector sink.
@@ -152,17 +160,16 @@ impl Endpoint {
     }
 }
 
-/// Starts the delivery task of sink number `index`; it reports to the writer
-/// through `events` and ends when the returned sender is dropped and its
-/// buffer is delivered (or `max_delay` has passed).
+/// Starts a delivery task; it tells `report` how delivery goes and ends
+/// when the returned sender is dropped and its buffer is delivered (or
+/// `max_delay` has passed).
 pub(crate) fn spawn(
     endpoint: Endpoint,
-    index: usize,
     limits: Limits,
-    events: Sender<Msg>,
+    report: impl Fn(CollectorEvent) + Send + Sync + 'static,
 ) -> UnboundedSender<Batch> {
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(deliver(endpoint, index, limits, events, rx));
+    tokio::spawn(deliver(endpoint, limits, report, rx));
     tx
 }
 
@@ -205,14 +212,10 @@ impl Buffer {
 
 async fn deliver(
     endpoint: Endpoint,
-    index: usize,
     limits: Limits,
-    events: Sender<Msg>,
+    report: impl Fn(CollectorEvent),
     mut rx: UnboundedReceiver<Batch>,
 ) {
-    let report = |ev: CollectorEvent| {
-        let _ = events.send(Msg::Collector(index, ev));
-    };
     let mut buf = Buffer {
         queue: VecDeque::new(),
         bytes: 0,

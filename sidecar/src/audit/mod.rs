@@ -75,8 +75,8 @@ pub(crate) const BACKLOG: u8 = 2;
 const CLOSED: u8 = 4;
 const STOPPED: u8 = 8;
 
-/// State shared by the callers and the writer thread.
-pub(crate) struct Shared {
+/// The trail's health, shared by the callers and the writer thread.
+pub(crate) struct TrailHealth {
     state: AtomicU8,
     pub(crate) queued: AtomicUsize,
     pub(crate) refused: AtomicU64,
@@ -84,7 +84,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: AuditMetrics,
 }
 
-impl Shared {
+impl TrailHealth {
     pub(crate) fn has(&self, bit: u8) -> bool {
         self.state.load(Ordering::Acquire) & bit != 0
     }
@@ -160,7 +160,7 @@ impl Default for AuditOptions {
 /// into one hash chain. Send + Sync, shared via `Arc`.
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
-    shared: Arc<Shared>,
+    shared: Arc<TrailHealth>,
     origin: Origin,
     capacity: usize,
 }
@@ -252,7 +252,11 @@ impl AuditLog {
                     Prepared::Collector(ep) => {
                         let name = format!("collector {}", ep.url());
                         described.push(name.clone());
-                        let tx = collector::spawn(ep, i, limits, tx.clone());
+                        let events = tx.clone();
+                        let report = move |ev| {
+                            let _ = events.send(Msg::Collector(i, ev));
+                        };
+                        let tx = collector::spawn(ep, limits, report);
                         (name, SinkKind::Collector(tx))
                     }
                 };
@@ -260,7 +264,7 @@ impl AuditLog {
             })
             .collect();
 
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(TrailHealth {
             state: AtomicU8::new(0),
             queued: AtomicUsize::new(0),
             refused: AtomicU64::new(0),

@@ -21,9 +21,9 @@ use cardgate_crds::audit::{AuditRecord, Chain, EventKind, Origin, Outcome, now_r
 use cardgate_crds::config::FsyncPolicy;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::collector::Batch;
+use super::collector::{Batch, CollectorEvent};
 use super::file::{FileFailure, FileSink};
-use super::{AuditError, BACKLOG, SINK_FAILED, Shared};
+use super::{AuditError, BACKLOG, SINK_FAILED, TrailHealth};
 
 /// Most messages taken into one batch.
 const MAX_BATCH: usize = 4096;
@@ -46,16 +46,6 @@ pub(crate) enum Msg {
     Close(Waiter),
     /// The log was dropped without close: write what is queued and exit.
     Shutdown,
-}
-
-/// What a collector's delivery task reports.
-pub(crate) enum CollectorEvent {
-    /// The collector accepted every record up to this seq.
-    Acked(u64),
-    /// The buffer overflowed or nothing was accepted for too long.
-    Failed(String),
-    /// Everything buffered has been accepted again.
-    Recovered,
 }
 
 /// Where a sink writes.
@@ -261,7 +251,7 @@ struct Closing {
 /// The writer thread's state.
 pub(crate) struct Writer {
     pub(crate) rx: Receiver<Msg>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<TrailHealth>,
     pub(crate) chain: Chain,
     pub(crate) origin: Origin,
     pub(crate) sinks: Vec<Sink>,
@@ -276,7 +266,7 @@ pub(crate) struct Writer {
 }
 
 /// Marks the trail stopped when the writer thread ends, however it ends.
-struct Stopped(Arc<Shared>);
+struct Stopped(Arc<TrailHealth>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
@@ -291,7 +281,7 @@ impl Writer {
     /// A writer over `sinks`, continuing `chain`.
     pub(crate) fn new(
         rx: Receiver<Msg>,
-        shared: Arc<Shared>,
+        shared: Arc<TrailHealth>,
         chain: Chain,
         origin: Origin,
         sinks: Vec<Sink>,
@@ -352,7 +342,7 @@ impl Writer {
             }
             self.flush();
             self.tick();
-            if self.settle() || shutdown {
+            if self.resolve_waiters() || shutdown {
                 break;
             }
         }
@@ -366,7 +356,7 @@ impl Writer {
                 self.fail(i, e);
             }
         }
-        self.settle();
+        self.resolve_waiters();
     }
 
     /// Handles one message; true for a shutdown.
@@ -515,7 +505,7 @@ impl Writer {
 
     /// Resolves waiters, records outages and recoveries, finishes a close.
     /// Returns true when the writer is done.
-    fn settle(&mut self) -> bool {
+    fn resolve_waiters(&mut self) -> bool {
         if let Some(o) = &mut self.outage
             && !o.paused
         {

@@ -30,7 +30,7 @@ pub(crate) struct RefreshPolicy {
 
 /// What to do with a lookup, decided from the cache state alone.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Decision {
+pub(crate) enum LookupAction {
     /// The cached keys hold a candidate.
     Use,
     /// Fetch the keys again.
@@ -57,26 +57,26 @@ pub(crate) struct CacheView<'a> {
 /// The refresh rule, as a pure function: use fresh keys when one fits;
 /// otherwise fetch, unless the issuer was asked less than `min_interval`
 /// ago, in which case refuse with the most precise reason known.
-pub(crate) fn decide(view: CacheView<'_>, policy: RefreshPolicy) -> Decision {
+pub(crate) fn decide(view: CacheView<'_>, policy: RefreshPolicy) -> LookupAction {
     let fresh = view.has_keys
         && policy
             .max_age
             .is_none_or(|max| view.age.is_some_and(|age| age < max));
     if fresh && view.has_candidate {
-        return Decision::Use;
+        return LookupAction::Use;
     }
     if view
         .since_attempt
         .is_none_or(|since| since >= policy.min_interval)
     {
-        return Decision::Refresh;
+        return LookupAction::Refresh;
     }
     match (fresh, view.last_error) {
-        (_, Some(e)) => Decision::Fail(AuthError::KeySetUnavailable(e.to_string())),
-        (false, None) => Decision::Fail(AuthError::KeySetUnavailable(
+        (_, Some(e)) => LookupAction::Fail(AuthError::KeySetUnavailable(e.to_string())),
+        (false, None) => LookupAction::Fail(AuthError::KeySetUnavailable(
             "keys expired and the issuer was asked too recently".into(),
         )),
-        (true, None) => Decision::Fail(AuthError::UnknownSigningKey),
+        (true, None) => LookupAction::Fail(AuthError::UnknownSigningKey),
     }
 }
 
@@ -188,9 +188,9 @@ impl IssuerKeys {
             last_error: state.last_error.as_deref(),
         };
         match decide(view, self.policy) {
-            Decision::Use => Ok(state.keys.clone()),
-            Decision::Refresh => Ok(None),
-            Decision::Fail(e) => Err(e),
+            LookupAction::Use => Ok(state.keys.clone()),
+            LookupAction::Refresh => Ok(None),
+            LookupAction::Fail(e) => Err(e),
         }
     }
 
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn first_use_fetches() {
-        assert_eq!(decide(CacheView::default(), REMOTE), Decision::Refresh);
+        assert_eq!(decide(CacheView::default(), REMOTE), LookupAction::Refresh);
     }
 
     #[test]
@@ -307,16 +307,16 @@ mod tests {
             has_candidate: true,
             ..loaded(SEC)
         };
-        assert_eq!(decide(view, REMOTE), Decision::Use);
+        assert_eq!(decide(view, REMOTE), LookupAction::Use);
     }
 
     #[test]
     fn an_unknown_key_refreshes_at_most_once_per_interval() {
         assert_eq!(
             decide(loaded(29 * SEC), REMOTE),
-            Decision::Fail(AuthError::UnknownSigningKey)
+            LookupAction::Fail(AuthError::UnknownSigningKey)
         );
-        assert_eq!(decide(loaded(30 * SEC), REMOTE), Decision::Refresh);
+        assert_eq!(decide(loaded(30 * SEC), REMOTE), LookupAction::Refresh);
     }
 
     #[test]
@@ -328,13 +328,13 @@ mod tests {
         };
         assert_eq!(
             decide(failed, REMOTE),
-            Decision::Fail(AuthError::KeySetUnavailable("connection refused".into()))
+            LookupAction::Fail(AuthError::KeySetUnavailable("connection refused".into()))
         );
         let later = CacheView {
             since_attempt: Some(31 * SEC),
             ..failed
         };
-        assert_eq!(decide(later, REMOTE), Decision::Refresh);
+        assert_eq!(decide(later, REMOTE), LookupAction::Refresh);
     }
 
     #[test]
@@ -346,14 +346,14 @@ mod tests {
             last_error: Some("HTTP 503"),
             ..loaded(SEC)
         };
-        assert_eq!(decide(cached, REMOTE), Decision::Use);
+        assert_eq!(decide(cached, REMOTE), LookupAction::Use);
         let old = CacheView {
             age: Some(3601 * SEC),
             ..cached
         };
         assert_eq!(
             decide(old, REMOTE),
-            Decision::Fail(AuthError::KeySetUnavailable("HTTP 503".into()))
+            LookupAction::Fail(AuthError::KeySetUnavailable("HTTP 503".into()))
         );
     }
 
@@ -367,6 +367,6 @@ mod tests {
             has_candidate: true,
             ..loaded(100_000 * SEC)
         };
-        assert_eq!(decide(view, file), Decision::Use);
+        assert_eq!(decide(view, file), LookupAction::Use);
     }
 }

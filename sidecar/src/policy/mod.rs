@@ -26,5 +26,5 @@ mod walk;
 
 pub use cache::{Classifier, MAX_CACHED_BYTES, MAX_CACHED_TEXT};
 pub use classify::{Classification, SessionEffect, TransactionEffect, classify};
-pub use rules::{Decision, Policy};
+pub use rules::{Policy, RuleDecision};
 pub use session::SqlSession;

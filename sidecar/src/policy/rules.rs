@@ -42,7 +42,7 @@ enum Tables {
 
 /// The outcome for one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct RuleDecision {
     /// allow, deny or requireApproval.
     pub action: RuleAction,
     /// 0-based index of the deciding rule; `None` = defaultAction.
@@ -98,10 +98,10 @@ impl Policy {
     /// read it to set themselves up, and a rule author should not have to
     /// know each driver's queries; a rule matching it (e.g. a deny with
     /// `classes: [metadata]`) decides instead.
-    pub fn decide(&self, target: &str, c: &Classification) -> Decision {
+    pub fn decide(&self, target: &str, c: &Classification) -> RuleDecision {
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.matches(target, c) {
-                return Decision {
+                return RuleDecision {
                     action: rule.action,
                     rule: Some(i),
                     label: rule.label.clone(),
@@ -111,7 +111,7 @@ impl Policy {
             }
         }
         if c.class == StatementClass::Metadata {
-            return Decision {
+            return RuleDecision {
                 action: RuleAction::Allow,
                 rule: None,
                 label: METADATA_ALLOWANCE.into(),
@@ -123,7 +123,7 @@ impl Policy {
             RuleAction::Allow if c.class == StatementClass::Unparseable => RuleAction::Deny,
             a => a,
         };
-        Decision {
+        RuleDecision {
             action,
             rule: None,
             label: "defaultAction".into(),
@@ -178,7 +178,7 @@ impl Rule {
     }
 }
 
-impl Decision {
+impl RuleDecision {
     /// The 42501 message, e.g. `cardgate: denied by AccessPolicy
     /// payments/agent-readonly rule 3 no-ddl (ddl)`: names the policy, the
     /// rule and the class, so the agent (and its operator) know what to ask

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cardgate_crds::audit::{AuditRecord, EventKind, Outcome as AuditOutcome};
-use cardgate_crds::config::SidecarConfig;
+use cardgate_crds::config::{ApprovalConfig, SidecarConfig};
 use cardgate_crds::v1alpha1::Protocol as TargetProtocol;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
 
 use crate::admin::{AdminServer, Metrics, Readiness};
 use crate::audit::{AuditLog, AuditOptions};
@@ -53,11 +53,14 @@ pub struct Sidecar {
 
 /// Loads `path` and starts everything; returns once listening.
 pub async fn start(path: &Path) -> anyhow::Result<Sidecar> {
-    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let config = SidecarConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    start_with(config, path, &Sha256::digest(&text)).await
+    let (config, digest) =
+        SidecarConfig::load_with_digest(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    start_with(config, path, &digest).await
 }
 
+/// The start-up in order: the audit trail first (nothing runs unrecorded),
+/// then the parts every target shares, the approval auditor, the targets,
+/// and the admin endpoint last, whose readiness opens the pod to traffic.
 async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow::Result<Sidecar> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pod = PodIdentity::from_env();
@@ -65,6 +68,49 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
     let readiness = Readiness::new();
     let listeners_ready = readiness.flag("listeners");
 
+    let audit = open_audit(&config, &pod, &metrics, &readiness).await?;
+    record_config_loaded(&audit, &config, digest)?;
+    let shared = shared_parts(&config, path, &pod, &audit, &metrics).await?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut servers: Vec<_> = spawn_approval_auditor(&shared, &stopped)
+        .into_iter()
+        .collect();
+    let connections = Arc::new(Semaphore::new(config.proxy.max_connections as usize));
+    let targets = serve_targets(&config, &shared, &connections, &stopped).await?;
+    servers.extend(targets.servers);
+    servers.extend(serve_transparent(&config, targets.transparent, &stopped)?);
+
+    let admin_addr: SocketAddr = config.admin.listen.parse().context("admin.listen")?;
+    let admin_server = AdminServer::bind(admin_addr, Arc::clone(&metrics), readiness.clone())
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
+    listeners_ready.set(true);
+    Ok(Sidecar {
+        admin: admin_server.local_addr(),
+        listeners: targets.listeners,
+        stop,
+        servers,
+        audit,
+        admin_server,
+        connections,
+        max_connections: config.proxy.max_connections,
+    })
+}
+
+/// Opens the audit trail and makes its health part of readiness.
+async fn open_audit(
+    config: &SidecarConfig,
+    pod: &PodIdentity,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> anyhow::Result<Arc<AuditLog>> {
     let audit = AuditLog::open_with(
         &config.audit,
         pod.origin(),
@@ -80,13 +126,21 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
         let audit = Arc::clone(&audit);
         readiness.probe("audit", move || audit.healthy());
     }
-    let policy_label = config.policy.to_string();
+    Ok(audit)
+}
+
+/// The first record: which configuration (by digest) now runs.
+fn record_config_loaded(
+    audit: &AuditLog,
+    config: &SidecarConfig,
+    digest: &[u8],
+) -> anyhow::Result<()> {
     let mut loaded = AuditRecord::new(
         EventKind::ConfigLoaded,
         AuditOutcome::Success,
         audit.origin().clone(),
     );
-    loaded.policy = Some(policy_label.clone());
+    loaded.policy = Some(config.policy.to_string());
     loaded.message = Some(format!(
         "configuration sha256:{} loaded: {} targets, {} rules, default {}",
         hex::encode(digest),
@@ -96,58 +150,120 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
     ));
     audit
         .record(loaded)
-        .context("audit trail refused the first record")?;
+        .context("audit trail refused the first record")
+}
 
+/// What every target's gate shares: identity, policy, masking, recordings
+/// and approvals, built once.
+async fn shared_parts(
+    config: &SidecarConfig,
+    path: &Path,
+    pod: &PodIdentity,
+    audit: &Arc<AuditLog>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<gate::Shared>> {
     let hmac_key = match &config.masking.hmac_key_file {
         Some(f) => Some(crate::masking::cli::read_hmac_key(Path::new(f))?),
         None => None,
     };
     let masker = Arc::new(Masker::from_config(&config.masking, hmac_key.as_deref())?);
-    let auth = Arc::new(Authenticator::new(&config.identity, &pod).await?);
+    let auth = Arc::new(Authenticator::new(&config.identity, pod).await?);
     for (issuer, e) in auth.warm_up().await {
         tracing::warn!(%issuer, error = %e, "issuer keys not loaded yet; its tokens are refused until they are");
     }
     let recordings = Recordings::from_config(&config.audit, RecordingLimits::default())?
         .map(|r| r.with_failure_counter(metrics.recording_failures.clone()));
     let approvals = match &config.approval {
-        Some(a) => Some(gate::Approvals {
-            store: crate::approval::Store::from_config(a)
-                .await
-                .context("cannot open the approval store")?,
-            settings: a.settings.clone(),
-            // The masking key when there is one (stable across restarts, so
-            // deferred grants survive them); otherwise a key of this process.
-            fingerprint_key: hmac_key
-                .clone()
-                .unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec()),
-            pod: pod.clone(),
-            approve_command: match &a.store.kubernetes {
-                Some(k) => format!("kubectl cardgate approve NAME -n {}", k.namespace),
-                None => format!(
-                    "cardgate-sidecar approvals --config {} approve NAME",
-                    path.display()
-                ),
-            },
-        }),
+        Some(a) => Some(approvals(a, hmac_key.as_deref(), pod, path).await?),
         None => None,
     };
-    let shared = Arc::new(gate::Shared {
+    Ok(Arc::new(gate::Shared {
         policy: config.policy.clone(),
-        policy_label,
+        policy_label: config.policy.to_string(),
         classifier: Arc::new(Classifier::new(config.proxy.classification_cache as usize)),
-        rules: Arc::new(Policy::from_config(&config)),
+        rules: Arc::new(Policy::from_config(config)),
         masker,
         auth,
-        audit: Arc::clone(&audit),
-        metrics: Arc::clone(&metrics),
+        audit: Arc::clone(audit),
+        metrics: Arc::clone(metrics),
         recordings,
         limits: RowLimits {
             max_rows: config.limits.max_rows.and_then(|n| u64::try_from(n).ok()),
             max_bytes: config.limits.max_bytes.and_then(|n| u64::try_from(n).ok()),
         },
         approvals,
-    });
+    }))
+}
 
+/// The approval store and what the gate needs to use it.
+async fn approvals(
+    a: &ApprovalConfig,
+    hmac_key: Option<&[u8]>,
+    pod: &PodIdentity,
+    path: &Path,
+) -> anyhow::Result<gate::Approvals> {
+    Ok(gate::Approvals {
+        store: crate::approval::Store::from_config(a)
+            .await
+            .context("cannot open the approval store")?,
+        settings: a.settings.clone(),
+        // The masking key when there is one (stable across restarts, so
+        // deferred grants survive them); otherwise a key of this process.
+        fingerprint_key: hmac_key
+            .map(<[u8]>::to_vec)
+            .unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec()),
+        pod: pod.clone(),
+        approve_command: match &a.store.kubernetes {
+            Some(k) => format!("kubectl cardgate approve NAME -n {}", k.namespace),
+            None => format!(
+                "cardgate-sidecar approvals --config {} approve NAME",
+                path.display()
+            ),
+        },
+    })
+}
+
+/// A local approval directory has no operator: the sidecar audits its
+/// reviews and decisions and applies the retention.
+fn spawn_approval_auditor<F: Future<Output = ()> + Send + 'static>(
+    shared: &gate::Shared,
+    stopped: &impl Fn() -> F,
+) -> Option<JoinHandle<()>> {
+    let Some(gate::Approvals {
+        store: crate::approval::Store::Local(store),
+        settings,
+        ..
+    }) = &shared.approvals
+    else {
+        return None;
+    };
+    Some(tokio::spawn(crate::approval::auditor::run(
+        store.clone(),
+        Arc::clone(&shared.audit),
+        shared.policy_label.clone(),
+        settings.retention.into(),
+        stopped(),
+    )))
+}
+
+/// What [`serve_targets`] started.
+struct Targets {
+    /// Listen address of each explicit-mode target, by name.
+    listeners: Vec<(String, SocketAddr)>,
+    /// The server task of each listener.
+    servers: Vec<JoinHandle<()>>,
+    /// The addresses each transparent target claims, with its proxy.
+    transparent: Vec<(transparent::Claims, Arc<TargetProxy<Gate>>)>,
+}
+
+/// Builds every target's proxy and serves those with a listen address;
+/// only PostgreSQL targets are served by this version (fail closed).
+async fn serve_targets<F: Future<Output = ()> + Send + 'static>(
+    config: &SidecarConfig,
+    shared: &Arc<gate::Shared>,
+    connections: &Arc<Semaphore>,
+    stopped: &impl Fn() -> F,
+) -> anyhow::Result<Targets> {
     let client_tls = match &config.proxy.client_tls {
         Some(t) => Some(crate::postgres::tls::server_config(
             &t.cert_file,
@@ -156,30 +272,11 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
         None => None,
     };
     let cancels = Arc::new(CancelRegistry::default());
-    let connections = Arc::new(Semaphore::new(config.proxy.max_connections as usize));
-    let (stop, stop_rx) = watch::channel(false);
-    let mut servers = Vec::new();
-    // A local approval directory has no operator: the sidecar audits its
-    // reviews and decisions and applies the retention.
-    if let Some(gate::Approvals {
-        store: crate::approval::Store::Local(store),
-        settings,
-        ..
-    }) = &shared.approvals
-    {
-        let mut rx = stop_rx.clone();
-        servers.push(tokio::spawn(crate::approval::auditor::run(
-            store.clone(),
-            Arc::clone(&audit),
-            shared.policy_label.clone(),
-            settings.retention.into(),
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        )));
-    }
-    let mut listeners = Vec::new();
-    let mut transparent = Vec::new();
+    let mut started = Targets {
+        listeners: Vec::new(),
+        servers: Vec::new(),
+        transparent: Vec::new(),
+    };
     for t in &config.targets {
         if t.protocol != TargetProtocol::Postgres {
             anyhow::bail!(
@@ -195,16 +292,16 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
         )?;
         let proxy = Arc::new(TargetProxy::new(
             t.name.clone(),
-            Arc::new(Gate::new(Arc::clone(&shared), t.name.clone())),
+            Arc::new(Gate::new(Arc::clone(shared), t.name.clone())),
             upstream,
             client_tls.clone(),
             Arc::clone(&cancels),
-            Arc::clone(&connections),
+            Arc::clone(connections),
         ));
         if t.transparent {
             let claims = t.upstream.addresses.iter().filter_map(|a| Cidr::parse(a));
             let claims = claims.map(|c| (c, t.upstream.port)).collect();
-            transparent.push((claims, Arc::clone(&proxy)));
+            started.transparent.push((claims, Arc::clone(&proxy)));
         }
         let Some(listen) = &t.listen else { continue };
         let listener = TcpListener::bind(listen)
@@ -212,45 +309,38 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
             .with_context(|| format!("target {}: cannot listen on {listen}", t.name))?;
         let addr = listener.local_addr()?;
         tracing::info!(target_name = %t.name, %addr, upstream = %proxy.upstream.addr(), "serving");
-        listeners.push((t.name.clone(), addr));
-        let mut rx = stop_rx.clone();
-        servers.push(tokio::spawn(proxy.serve(listener, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        })));
+        started.listeners.push((t.name.clone(), addr));
+        started
+            .servers
+            .push(tokio::spawn(proxy.serve(listener, stopped())));
     }
-    if let Some(listen) = &config.proxy.transparent_listen
-        && !transparent.is_empty()
-    {
-        let addr: SocketAddr = listen.parse().context("proxy.transparentListen")?;
-        let bound = transparent::bind(addr)
-            .with_context(|| format!("cannot listen on proxy.transparentListen {addr}"))?;
-        for l in &bound {
-            tracing::info!(addr = %l.local_addr()?, "serving redirected connections");
-        }
-        let mut rx = stop_rx.clone();
-        servers.push(tokio::spawn(transparent::serve_transparent(
-            bound,
-            transparent,
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        )));
+    Ok(started)
+}
+
+/// Serves redirected connections on `proxy.transparentListen` when any
+/// target is transparent.
+fn serve_transparent<F: Future<Output = ()> + Send + 'static>(
+    config: &SidecarConfig,
+    transparent: Vec<(transparent::Claims, Arc<TargetProxy<Gate>>)>,
+    stopped: &impl Fn() -> F,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(listen) = &config.proxy.transparent_listen else {
+        return Ok(None);
+    };
+    if transparent.is_empty() {
+        return Ok(None);
     }
-    let admin_addr: SocketAddr = config.admin.listen.parse().context("admin.listen")?;
-    let admin_server = AdminServer::bind(admin_addr, Arc::clone(&metrics), readiness.clone())
-        .await
-        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
-    listeners_ready.set(true);
-    Ok(Sidecar {
-        admin: admin_server.local_addr(),
-        listeners,
-        stop,
-        servers,
-        audit,
-        admin_server,
-        connections,
-        max_connections: config.proxy.max_connections,
-    })
+    let addr: SocketAddr = listen.parse().context("proxy.transparentListen")?;
+    let bound = transparent::bind(addr)
+        .with_context(|| format!("cannot listen on proxy.transparentListen {addr}"))?;
+    for l in &bound {
+        tracing::info!(addr = %l.local_addr()?, "serving redirected connections");
+    }
+    Ok(Some(tokio::spawn(transparent::serve_transparent(
+        bound,
+        transparent,
+        stopped(),
+    ))))
 }
 
 impl Sidecar {

@@ -28,7 +28,6 @@ use tokio::sync::broadcast::error::RecvError;
 use super::LocalStore;
 use crate::approval::StoreError;
 use crate::approval::error::mask;
-use crate::approval::lifecycle::phase_name;
 use crate::audit::AuditLog;
 
 /// Annotation holding what has been audited: `reviews=N,phase=PHASE`.
@@ -199,7 +198,7 @@ impl Records<'_> {
             },
         });
         if let Some(a) = rec.approval.as_mut() {
-            a.decision = Some(format!("{:?}", status.phase));
+            a.decision = Some(status.phase.to_string());
             a.reviewer = decider;
         }
         let summary = status.message.unwrap_or_default();
@@ -207,14 +206,10 @@ impl Records<'_> {
             Some(note) => format!(
                 "{note}: request {} {}: {summary}; {} review(s)",
                 obj.name_any(),
-                phase_name(status.phase),
+                status.phase,
                 obj.spec.reviews.len()
             ),
-            None => format!(
-                "request {} {}: {summary}",
-                obj.name_any(),
-                phase_name(status.phase)
-            ),
+            None => format!("request {} {}: {summary}", obj.name_any(), status.phase),
         });
         scrub(rec)
     }
@@ -521,7 +516,7 @@ mod tests {
         let message = gone.message.unwrap();
         assert!(
             message.starts_with(
-                "retention of 168h ended; deleting the request: request demo-0badcafe-abcd approved"
+                "retention of 168h ended; deleting the request: request demo-0badcafe-abcd Approved"
             ) && message.ends_with("2 review(s)"),
             "{message}"
         );

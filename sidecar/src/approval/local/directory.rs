@@ -14,13 +14,18 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cardgate_crds::v1alpha1::{ApprovalRequest, ApprovalRequestStatus, Approvers, Decision};
+use cardgate_crds::approval::derive_status;
+use cardgate_crds::approval::review::{ReviewRefusal, Reviewer, check_review, stamp};
+use cardgate_crds::v1alpha1::{
+    ApprovalRequest, ApprovalRequestStatus, Approvers, Decision, Review,
+};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use serde_json::Value;
 
-use crate::approval::lifecycle::{Refusal, Reviewer, admit_review, check_use, settle};
+use crate::approval::error::mask;
+use crate::approval::lifecycle::check_use;
 use crate::approval::object::{build, is_request_name, request_name, validate};
 use crate::approval::{NewRequest, StoreError};
 
@@ -55,7 +60,7 @@ pub struct FileProblem {
 pub enum ReviewError {
     /// The rules refuse it (self-approval, not an approver, decided…).
     #[error(transparent)]
-    Refused(#[from] Refusal),
+    Refused(#[from] ReviewRefusal),
     /// The directory or the request cannot be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -170,6 +175,9 @@ impl Directory {
             obj.metadata.creation_timestamp = Some(Time(now));
             obj.metadata.resource_version = Some("1".into());
             obj.status = Some(ApprovalRequestStatus::default());
+            // Stored as derived, so a read-modify-write that changes
+            // nothing (a refused review) writes nothing.
+            derive_phase(&mut obj, now);
             self.write(&name, &obj)?;
             return Ok(obj);
         }
@@ -182,7 +190,7 @@ impl Directory {
     /// The request as stored, with its phase settled to `now` (not written).
     pub fn get(&self, name: &str, now: Timestamp) -> Result<ApprovalRequest, StoreError> {
         let mut obj = self.read(name)?;
-        settle_object(&mut obj, now);
+        derive_phase(&mut obj, now);
         Ok(obj)
     }
 
@@ -198,11 +206,11 @@ impl Directory {
         let _lock = self.lock()?;
         let stored = self.read(name)?;
         let mut settled = stored.clone();
-        settle_object(&mut settled, now);
+        derive_phase(&mut settled, now);
         let mut work = settled.clone();
         match change(&mut work) {
             Ok(out) => {
-                settle_object(&mut work, now);
+                derive_phase(&mut work, now);
                 if changed(&work, &stored) {
                     bump_version(&mut work);
                     self.write(name, &work)?;
@@ -219,8 +227,11 @@ impl Directory {
         }
     }
 
-    /// Appends a review if the rules admit it; reviewer, groups and time
-    /// are the caller's, the reason is masked.
+    /// Appends a review if the shared review rules admit it (the rules the
+    /// admission webhook applies in a cluster); reviewer, groups and time
+    /// are the caller's. The reason is checked as given, then stored
+    /// trimmed and masked: the file can be read by anyone who reads the
+    /// directory.
     pub fn review(
         &self,
         name: &str,
@@ -231,10 +242,17 @@ impl Directory {
         now: Timestamp,
     ) -> Result<ApprovalRequest, ReviewError> {
         let (obj, ()) = self.update(name, now, |obj| {
-            let status = obj.status.clone().unwrap_or_default();
-            let review = admit_review(
-                &obj.spec, &status, approvers, reviewer, decision, reason, now,
-            )?;
+            let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+            let body = Review {
+                decision,
+                reason: reason.map(str::to_owned),
+                reviewer: None,
+                groups: Vec::new(),
+                time: None,
+            };
+            check_review(obj, approvers, reviewer, &body, now)?;
+            let mut review = stamp(&body, reviewer, now);
+            review.reason = reason.map(mask);
             obj.spec.reviews.push(review);
             Ok::<_, ReviewError>(())
         })?;
@@ -326,7 +344,7 @@ impl Directory {
             }
             match self.read(stem) {
                 Ok(mut obj) => {
-                    settle_object(&mut obj, now);
+                    derive_phase(&mut obj, now);
                     requests.push(obj);
                 }
                 Err(error) => problems.push(FileProblem {
@@ -427,9 +445,12 @@ fn parse(bytes: &[u8], name: &str) -> Result<ApprovalRequest, String> {
     Ok(obj)
 }
 
-fn settle_object(obj: &mut ApprovalRequest, now: Timestamp) {
-    let status = obj.status.clone().unwrap_or_default();
-    obj.status = Some(settle(&obj.spec, &status, now));
+/// The phase derived afresh from the reviews and the clock, by the rules
+/// the operator applies in a cluster; a phase edited into the file counts
+/// for nothing.
+fn derive_phase(obj: &mut ApprovalRequest, now: Timestamp) {
+    let status = obj.status.take().unwrap_or_default();
+    obj.status = Some(derive_status(&obj.spec, status, now));
 }
 
 /// Whether a write is needed (of the metadata, only annotations change).
