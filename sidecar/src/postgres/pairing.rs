@@ -492,7 +492,7 @@ mod tests {
                 Op::Flush => {}
             }
             // Asynchronous messages may come between any two.
-            if id % 3 == 0 {
+            if id.is_multiple_of(3) {
                 out.push((b'N', None));
             }
         }
@@ -519,8 +519,8 @@ mod tests {
             while next < ops.len() || !wire.is_empty() {
                 // The client sends a slice of requests; the server reads them.
                 let n = *slice.next().unwrap();
-                for id in next..(next + n).min(ops.len()) {
-                    let op = ops[id];
+                let end = (next + n).min(ops.len());
+                for (id, &op) in ops.iter().enumerate().take(end).skip(next) {
                     if let Some(kind) = op.kind() {
                         pairing.push(Req(kind, id));
                         if server.skipping && kind != Kind::Sync {
