@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use super::guard::{ColumnOutput, Guard};
 use super::messages::{self, Malformed};
+use crate::postgres::guard::{ColumnOutput, PgGuard};
 
 /// How one result column is treated.
 #[derive(Clone, Copy)]
@@ -49,7 +49,7 @@ impl RowMasker {
     /// Masks one DataRow body; returns the number of masked values, or
     /// `None` when nothing changed (the original message is forwarded as
     /// is). Without a plan every value is scanned as text.
-    pub fn mask<G: Guard>(
+    pub fn mask<G: PgGuard>(
         &mut self,
         guard: &G,
         body: &[u8],
@@ -106,7 +106,7 @@ impl RowMasker {
         }
     }
 
-    fn mask_value<G: Guard>(
+    fn mask_value<G: PgGuard>(
         &mut self,
         guard: &G,
         v: &[u8],
@@ -149,7 +149,7 @@ impl RowMasker {
 
 /// Binary numbers can hold a card number too (a bigint column of PANs):
 /// decode, scan, and withhold the value if it is one.
-fn binary_number_action<G: Guard>(guard: &G, type_oid: u32, v: &[u8]) -> Action {
+fn binary_number_action<G: PgGuard>(guard: &G, type_oid: u32, v: &[u8]) -> Action {
     if let Some(text) = binary_number_text(type_oid, v) {
         let mut tmp = Vec::new();
         if guard.mask_text(text.as_bytes(), &mut tmp).is_some() {

@@ -21,13 +21,13 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::admin::{AdminServer, Metrics, Readiness};
 use crate::audit::{AuditLog, AuditOptions};
+use crate::gate::RowLimits;
 use crate::gate::{self, Gate};
 use crate::identity::{Authenticator, PodIdentity};
 use crate::intercept::Cidr;
 use crate::masking::Masker;
 use crate::policy::{Classifier, Policy};
 use crate::postgres::cancel::CancelRegistry;
-use crate::postgres::guard::RowLimits;
 use crate::postgres::server::TargetProxy;
 use crate::postgres::transparent;
 use crate::postgres::upstream::UpstreamSettings;
@@ -131,7 +131,7 @@ async fn start_with(config: SidecarConfig, path: &Path, digest: &[u8]) -> anyhow
         }),
         None => None,
     };
-    let shared = Arc::new(gate::Shared {
+    let shared = Arc::new(gate::Engine {
         policy: config.policy.clone(),
         policy_label,
         classifier: Arc::new(Classifier::new(config.proxy.classification_cache as usize)),

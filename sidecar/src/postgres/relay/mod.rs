@@ -34,14 +34,15 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 use super::cancel::CancelTarget;
 use super::catalog::Catalog;
 use super::codec::Report;
-use super::guard::{Guard, Outcome, SessionRecorder, SessionSummary};
 use super::messages;
 use super::pairing::{Mismatch, Pairing};
 use super::stream::{MessageReader, ReadError, Stream};
+use crate::gate::{Completion, Guard, SessionSummary};
+use crate::postgres::guard::{PgGuard, SessionRecorder};
 use pending::Pending;
 
 /// What the relay needs besides the two connections.
-pub struct RelayContext<'a, G: Guard> {
+pub struct RelayContext<'a, G: PgGuard> {
     /// Decisions, masking and audit.
     pub guard: &'a G,
     /// Column-name resolution for column masking rules.
@@ -72,10 +73,10 @@ impl<S, R: SessionRecorder> Exchange<S, R> {
     }
 }
 
-type ExchangeOf<G> = Exchange<<G as Guard>::Statement, <G as Guard>::Recorder>;
+type ExchangeOf<G> = Exchange<<G as Guard>::Statement, <G as PgGuard>::Recorder>;
 
 /// What the two directions share: the exchange and the two writers.
-struct Io<G: Guard> {
+struct Io<G: PgGuard> {
     exchange: Mutex<ExchangeOf<G>>,
     /// Signalled when the backend lifts `hold`.
     released: Notify,
@@ -83,7 +84,7 @@ struct Io<G: Guard> {
     server: AsyncMutex<WriteHalf<Stream>>,
 }
 
-impl<G: Guard> Io<G> {
+impl<G: PgGuard> Io<G> {
     /// The shared state. Both directions run in one task, so the lock is
     /// never contended; it must not be held across an await.
     fn exchange(&self) -> MutexGuard<'_, ExchangeOf<G>> {
@@ -138,7 +139,7 @@ const MARKER_PREFIX: &str = "cardgate_denied_";
 const DRAIN_AFTER_TERMINATE: Duration = Duration::from_secs(5);
 
 /// Runs the session until either side ends; returns the session summary.
-pub async fn run<G: Guard>(
+pub async fn run<G: PgGuard>(
     ctx: RelayContext<'_, G>,
     client: MessageReader<Stream>,
     server: MessageReader<Stream>,
@@ -191,7 +192,7 @@ pub async fn run<G: Guard>(
 
 /// Reports the statements still in flight, which never completed, and ends
 /// the recording with the session.
-fn incomplete<G: Guard>(ctx: &RelayContext<'_, G>, io: &Io<G>) {
+fn incomplete<G: PgGuard>(ctx: &RelayContext<'_, G>, io: &Io<G>) {
     let (leftover, recorder): (Vec<Pending<G::Statement>>, _) = {
         let mut x = io.exchange();
         (x.pairing.drain().collect(), x.recorder.take())
@@ -201,7 +202,7 @@ fn incomplete<G: Guard>(ctx: &RelayContext<'_, G>, io: &Io<G>) {
         if let Some(run) = p.into_running()
             && let Some(s) = &run.statement
         {
-            let outcome = Outcome {
+            let outcome = Completion {
                 error: Some("connection ended before the statement completed".into()),
                 ..run.outcome(Duration::ZERO)
             };
@@ -218,7 +219,7 @@ enum End {
 impl End {
     /// Tells the client why the session ended, when it was not by its own
     /// Terminate; returns that reason.
-    async fn report<G: Guard>(self, io: &Io<G>) -> Option<String> {
+    async fn report<G: PgGuard>(self, io: &Io<G>) -> Option<String> {
         match self {
             End::Client(Ok(())) => None,
             End::Client(Err(e)) => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::postgres::guard::Outcome;
+use crate::gate::Completion;
 use crate::postgres::pairing::{Kind, Request};
 
 /// A request sent upstream whose response has not ended yet.
@@ -148,8 +148,8 @@ impl<S> Running<S> {
     }
 
     /// The outcome so far, with `extra` time spent in the sidecar.
-    pub(super) fn outcome(&self, extra: Duration) -> Outcome {
-        Outcome {
+    pub(super) fn outcome(&self, extra: Duration) -> Completion {
+        Completion {
             rows: self.rows,
             bytes: self.bytes,
             masked: self.masked,

@@ -7,13 +7,13 @@ use bytes::BytesMut;
 
 use super::Backend;
 use crate::postgres::codec;
-use crate::postgres::guard::{Guard, SessionRecorder};
+use crate::postgres::guard::{PgGuard, SessionRecorder};
 use crate::postgres::messages;
 use crate::postgres::pairing::Step;
 use crate::postgres::relay::ExchangeOf;
 use crate::postgres::relay::pending::Pending;
 
-impl<G: Guard> Backend<'_, '_, G> {
+impl<G: PgGuard> Backend<'_, '_, G> {
     /// Ends an Execute; within a simple query, ends one of its results.
     pub(super) fn command_complete(
         &mut self,

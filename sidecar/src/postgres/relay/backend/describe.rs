@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use super::Backend;
 use crate::postgres::catalog::CatalogError;
 use crate::postgres::datarow::{ColumnPlan, Plan};
-use crate::postgres::guard::{Guard, SessionRecorder};
+use crate::postgres::guard::{PgGuard, SessionRecorder};
 use crate::postgres::messages;
 use crate::postgres::pairing::Step;
 use crate::postgres::relay::pending::Pending;
@@ -58,7 +58,7 @@ fn formats_per_column(formats: &[i16], columns: usize) -> Vec<i16> {
         .collect()
 }
 
-impl<G: Guard> Backend<'_, '_, G> {
+impl<G: PgGuard> Backend<'_, '_, G> {
     /// A statement's columns are kept for its Binds; a portal's or a
     /// query's result gets its plan.
     pub(super) fn row_description(

@@ -20,10 +20,11 @@ use tokio::io::ReadHalf;
 
 use super::pending::Pending;
 use super::{ExchangeOf, Io, RelayContext, RelayError};
+use crate::gate::RowLimits;
 use crate::postgres::cancel;
 use crate::postgres::codec;
 use crate::postgres::datarow::{Plan, RowMasker};
-use crate::postgres::guard::{Guard, RowLimits};
+use crate::postgres::guard::PgGuard;
 use crate::postgres::pairing::Step;
 use crate::postgres::stream::{MessageReader, ReadError, Stream};
 use describe::{OwnedColumn, Planning};
@@ -32,7 +33,7 @@ use describe::{OwnedColumn, Planning};
 const FLUSH_AT: usize = 256 * 1024;
 
 /// The server side of a session.
-pub(super) struct Backend<'r, 'c, G: Guard> {
+pub(super) struct Backend<'r, 'c, G: PgGuard> {
     ctx: &'r RelayContext<'c, G>,
     io: &'r Io<G>,
     marker: &'r str,
@@ -53,7 +54,7 @@ pub(super) struct Backend<'r, 'c, G: Guard> {
     scratch: Vec<u8>,
 }
 
-impl<'r, 'c, G: Guard> Backend<'r, 'c, G> {
+impl<'r, 'c, G: PgGuard> Backend<'r, 'c, G> {
     pub(super) fn new(ctx: &'r RelayContext<'c, G>, io: &'r Io<G>, marker: &'r str) -> Self {
         Self {
             ctx,

@@ -6,13 +6,13 @@ use bytes::{BufMut, BytesMut};
 
 use super::Backend;
 use crate::postgres::codec::{self, Report};
-use crate::postgres::guard::{Guard, SessionRecorder};
+use crate::postgres::guard::{PgGuard, SessionRecorder};
 use crate::postgres::messages;
 use crate::postgres::pairing::Step;
 use crate::postgres::relay::pending::{Denial, Pending};
 use crate::postgres::relay::{Exchange, ExchangeOf, RelayError};
 
-impl<G: Guard> Backend<'_, '_, G> {
+impl<G: PgGuard> Backend<'_, '_, G> {
     /// Records the error on its statement; the marker error of a denied
     /// statement becomes the denial.
     pub(super) fn error_response(

@@ -6,12 +6,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::Backend;
+use crate::gate::RowLimits;
 use crate::postgres::codec;
-use crate::postgres::guard::{Guard, RowLimits, SessionRecorder};
+use crate::postgres::guard::{PgGuard, SessionRecorder};
 use crate::postgres::relay::pending::Pending;
 use crate::postgres::relay::{ExchangeOf, RelayError};
 
-impl<G: Guard> Backend<'_, '_, G> {
+impl<G: PgGuard> Backend<'_, '_, G> {
     /// Masks a row with its result's plan (the portal's for an Execute, the
     /// query's own otherwise) and counts it against the limits.
     pub(super) fn data_row(

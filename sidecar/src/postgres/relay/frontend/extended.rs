@@ -7,14 +7,16 @@ use bytes::BytesMut;
 
 use super::judge::Disposition;
 use super::{Flow, Frontend};
+use crate::gate::{Access, Protocol, SessionSummary};
 use crate::postgres::codec;
-use crate::postgres::guard::{Guard, Protocol, SessionSummary};
+use crate::postgres::guard::PgGuard;
 use crate::postgres::messages;
 use crate::postgres::relay::RelayError;
 use crate::postgres::relay::pending::{Pending, Running};
 
-impl<G: Guard> Frontend<'_, '_, G> {
-    /// Parse: decided like a Query. An allowed statement is followed by a
+impl<G: PgGuard> Frontend<'_, '_, G> {
+    /// Parse: decided like a Query, with its name, so that SQL `EXECUTE`
+    /// of it is decided by its text. An allowed statement is followed by a
     /// Describe of our own, so the backend learns its result columns; a
     /// denied one is replaced by a statement that fails.
     pub(super) async fn parse(
@@ -26,8 +28,14 @@ impl<G: Guard> Frontend<'_, '_, G> {
         let parse = messages::parse(body)?;
         let sql = std::str::from_utf8(parse.sql)
             .map_err(|_| RelayError::Protocol("statement text is not valid UTF-8".into()))?;
+        let access = Access::Sql {
+            text: sql,
+            protocol: Protocol::Extended,
+            // A name that is not UTF-8 cannot be named by SQL `EXECUTE`.
+            prepare_as: std::str::from_utf8(parse.name).ok(),
+        };
         let name = parse.name.to_vec();
-        match self.judge(summary, sql, Protocol::Extended).await? {
+        match self.judge(summary, access).await? {
             Disposition::Forward(s) => {
                 self.statements.insert(name.clone(), Arc::new(s));
                 self.forward(Pending::Parse { denied: None }, msg);
@@ -87,6 +95,9 @@ impl<G: Guard> Frontend<'_, '_, G> {
         let (kind, name) = messages::target("Close", body)?;
         if kind == b'S' {
             self.statements.remove(name);
+            if let Ok(name) = std::str::from_utf8(name) {
+                self.ctx.guard.statement_closed(self.session, name);
+            }
         } else {
             self.portals.remove(name);
         }

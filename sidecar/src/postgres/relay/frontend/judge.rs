@@ -4,10 +4,9 @@
 use bytes::BytesMut;
 
 use super::Frontend;
+use crate::gate::{Access, Held, Resolved, SessionSummary, Verdict};
 use crate::postgres::codec::Report;
-use crate::postgres::guard::{
-    Guard, Held, Protocol, Resolved, SessionRecorder, SessionSummary, Verdict,
-};
+use crate::postgres::guard::{PgGuard, SessionRecorder};
 use crate::postgres::relay::RelayError;
 use crate::postgres::relay::pending::Denial;
 
@@ -20,18 +19,18 @@ pub(super) enum Disposition<S> {
     ClientGone,
 }
 
-impl<G: Guard> Frontend<'_, '_, G> {
-    /// Decides a statement string and turns the verdict into what to do
-    /// with it, waiting for approvers when it is held.
+impl<G: PgGuard> Frontend<'_, '_, G> {
+    /// Decides a statement and turns the verdict into what to do with it,
+    /// waiting for approvers when it is held.
     pub(super) async fn judge(
         &mut self,
         summary: &mut SessionSummary,
-        sql: &str,
-        protocol: Protocol,
+        access: Access<'_>,
     ) -> Result<Disposition<G::Statement>, RelayError> {
         summary.statements += 1;
-        self.io.exchange().record(|r| r.query(sql));
-        let disposition = match self.ctx.guard.decide(self.session, sql, protocol) {
+        let Access::Sql { text, .. } = access;
+        self.io.exchange().record(|r| r.query(text));
+        let disposition = match self.ctx.guard.decide(self.session, access) {
             Verdict::Allow(s) => Disposition::Forward(s),
             Verdict::Deny(m) => Disposition::Refuse(Denial::denied(m)),
             Verdict::Hold(h) => self.await_approval(h).await?,

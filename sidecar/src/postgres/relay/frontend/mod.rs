@@ -17,8 +17,9 @@ use tokio::io::ReadHalf;
 
 use super::pending::Pending;
 use super::{Io, RelayContext, RelayError};
+use crate::gate::SessionSummary;
 use crate::postgres::codec;
-use crate::postgres::guard::{Guard, SessionSummary};
+use crate::postgres::guard::PgGuard;
 use crate::postgres::stream::{MessageReader, ReadError, Stream};
 
 /// What the loop does after a message.
@@ -32,7 +33,7 @@ enum Flow {
 }
 
 /// The client side of a session.
-pub(super) struct Frontend<'r, 'c, G: Guard> {
+pub(super) struct Frontend<'r, 'c, G: PgGuard> {
     ctx: &'r RelayContext<'c, G>,
     io: &'r Io<G>,
     client: MessageReader<ReadHalf<Stream>>,
@@ -45,7 +46,7 @@ pub(super) struct Frontend<'r, 'c, G: Guard> {
     portals: HashMap<Vec<u8>, Arc<G::Statement>>,
 }
 
-impl<'r, 'c, G: Guard> Frontend<'r, 'c, G> {
+impl<'r, 'c, G: PgGuard> Frontend<'r, 'c, G> {
     pub(super) fn new(
         ctx: &'r RelayContext<'c, G>,
         io: &'r Io<G>,

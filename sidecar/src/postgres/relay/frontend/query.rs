@@ -7,13 +7,14 @@ use bytes::BytesMut;
 
 use super::judge::Disposition;
 use super::{Flow, Frontend};
+use crate::gate::{Access, Protocol, SessionSummary, Verdict};
 use crate::postgres::codec;
-use crate::postgres::guard::{Guard, Protocol, SessionSummary, Verdict};
+use crate::postgres::guard::PgGuard;
 use crate::postgres::messages;
 use crate::postgres::relay::RelayError;
 use crate::postgres::relay::pending::{Denial, Pending, Running};
 
-impl<G: Guard> Frontend<'_, '_, G> {
+impl<G: PgGuard> Frontend<'_, '_, G> {
     /// Query: decided, then forwarded or replaced by the denial marker.
     pub(super) async fn query(
         &mut self,
@@ -24,7 +25,12 @@ impl<G: Guard> Frontend<'_, '_, G> {
         let t0 = Instant::now();
         let sql = std::str::from_utf8(messages::query_text(body)?)
             .map_err(|_| RelayError::Protocol("query text is not valid UTF-8".into()))?;
-        match self.judge(summary, sql, Protocol::Simple).await? {
+        let access = Access::Sql {
+            text: sql,
+            protocol: Protocol::Simple,
+            prepare_as: None,
+        };
+        match self.judge(summary, access).await? {
             Disposition::Forward(s) => {
                 let run = Running::new(Some(Arc::new(s)), None, t0, t0.elapsed());
                 self.forward(Pending::Query(run), msg);
@@ -41,11 +47,12 @@ impl<G: Guard> Frontend<'_, '_, G> {
         let t0 = Instant::now();
         summary.statements += 1;
         summary.denied += 1;
-        let message = match self
-            .ctx
-            .guard
-            .decide(self.session, "", Protocol::FunctionCall)
-        {
+        let access = Access::Sql {
+            text: "",
+            protocol: Protocol::FunctionCall,
+            prepare_as: None,
+        };
+        let message = match self.ctx.guard.decide(self.session, access) {
             Verdict::Deny(m) => m,
             Verdict::Allow(_) | Verdict::Hold(_) => {
                 "cardgate: FunctionCall messages are not allowed".to_string()
