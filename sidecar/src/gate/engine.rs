@@ -305,48 +305,22 @@ impl Guard for Gate {
             ));
         };
         let Hold {
-            mut statement,
+            statement,
             fingerprint,
         } = hold;
         let deferred = a.settings.mode == cardgate_crds::v1alpha1::ApprovalMode::Deferred;
-        if deferred {
-            match a.store.find_grant(&fingerprint).await {
-                Ok(Some(grant)) => {
-                    return Held::Now(match a.store.record_use(&grant.name).await {
-                        Ok(()) => {
-                            statement.approval = Some(grant.name);
-                            Resolved::Allow(statement)
-                        }
-                        Err(e) => {
-                            self.refuse_held(statement, Some(grant.name), format!("cardgate: {e}"))
-                        }
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Held::Now(self.refuse_held(statement, None, format!("cardgate: {e}")));
-                }
+        let statement = if deferred {
+            match self.use_grant(a, statement, &fingerprint).await {
+                Ok(resolved) => return Held::Now(resolved),
+                Err(statement) => statement,
             }
-        }
-        let request = self.new_request(a, &statement, fingerprint.clone());
-        let name = match a.store.create(&request).await {
-            Ok(name) => name,
-            Err(e) => {
-                return Held::Now(self.refuse_held(statement, None, format!("cardgate: {e}")));
-            }
+        } else {
+            statement
         };
-        let mut rec = self.statement_record(
-            &statement,
-            RuleAction::RequireApproval,
-            AuditOutcome::Success,
-        );
-        rec.event = EventKind::ApprovalCreated;
-        rec.approval = Some(cardgate_crds::audit::ApprovalDetails {
-            name: name.clone(),
-            fingerprint: Some(fingerprint),
-            ..Default::default()
-        });
-        self.record(rec);
+        let name = match self.request_approval(a, &statement, fingerprint).await {
+            Ok(name) => name,
+            Err(message) => return Held::Now(self.refuse_held(statement, None, message)),
+        };
         let how = a.approve_command.replace("NAME", &name);
         if deferred {
             let message = format!(
@@ -652,6 +626,56 @@ impl Gate {
         rec.message = Some(self.masked(&message));
         self.record(rec);
         Resolved::Deny(message)
+    }
+
+    /// Deferred mode: a live grant for the same statement allows it (one
+    /// use); `Err` hands the statement back when there is none.
+    async fn use_grant(
+        &self,
+        a: &Approvals,
+        mut statement: Statement,
+        fingerprint: &str,
+    ) -> Result<Resolved<Statement>, Statement> {
+        match a.store.find_grant(fingerprint).await {
+            Ok(Some(grant)) => Ok(match a.store.record_use(&grant.name).await {
+                Ok(()) => {
+                    statement.approval = Some(grant.name);
+                    Resolved::Allow(statement)
+                }
+                Err(e) => self.refuse_held(statement, Some(grant.name), format!("cardgate: {e}")),
+            }),
+            Ok(None) => Err(statement),
+            Err(e) => Ok(self.refuse_held(statement, None, format!("cardgate: {e}"))),
+        }
+    }
+
+    /// Creates the ApprovalRequest and records it; returns its name, or the
+    /// refusal message when the store cannot take it.
+    async fn request_approval(
+        &self,
+        a: &Approvals,
+        statement: &Statement,
+        fingerprint: String,
+    ) -> Result<String, String> {
+        let request = self.new_request(a, statement, fingerprint.clone());
+        let name = a
+            .store
+            .create(&request)
+            .await
+            .map_err(|e| format!("cardgate: {e}"))?;
+        let mut rec = self.statement_record(
+            statement,
+            RuleAction::RequireApproval,
+            AuditOutcome::Success,
+        );
+        rec.event = EventKind::ApprovalCreated;
+        rec.approval = Some(cardgate_crds::audit::ApprovalDetails {
+            name: name.clone(),
+            fingerprint: Some(fingerprint),
+            ..Default::default()
+        });
+        self.record(rec);
+        Ok(name)
     }
 
     fn new_request(&self, a: &Approvals, st: &Statement, fingerprint: String) -> NewRequest {
