@@ -492,6 +492,64 @@ async fn framing_does_not_care_how_bytes_are_chunked() {
     assert_clean("reply", &reply);
 }
 
+/// Reads messages until ReadyForQuery.
+async fn until_ready(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) && !got.ends_with(&[b'Z', 0, 0, 0, 5, b'E']) {
+        let mut b = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+            .await
+            .expect("reply in time")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_execute_runs_a_statement_prepared_by_parse_and_decides_it_by_its_text() {
+    let pg = Postgres::shared();
+    let sc = Running::start(pg, RULES).await;
+    let mut s = login(&sc).await;
+    let mut out = BytesMut::new();
+    codec::parse(&mut out, b"s1", "SELECT id, pan FROM cards WHERE id = 1");
+    codec::write_message(&mut out, b'S', |_| {});
+    s.write_all(&out).await.unwrap();
+    let parsed = until_ready(&mut s).await;
+    assert!(
+        !contains(&parsed, b"C42501"),
+        "{}",
+        String::from_utf8_lossy(&parsed)
+    );
+    // The read the policy allows runs, masked by its column rule.
+    out.clear();
+    codec::query(&mut out, "EXECUTE s1");
+    s.write_all(&out).await.unwrap();
+    let reply = until_ready(&mut s).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(!contains(&reply, b"C42501"), "{text}");
+    assert!(contains(&reply, b"411111******1111"), "{text}");
+    assert_clean("reply", &reply);
+    // After Close, the name no longer refers to an allowed statement.
+    out.clear();
+    codec::write_message(&mut out, b'C', |b| {
+        b.extend_from_slice(b"Ss1\0");
+    });
+    codec::write_message(&mut out, b'S', |_| {});
+    s.write_all(&out).await.unwrap();
+    until_ready(&mut s).await;
+    out.clear();
+    codec::query(&mut out, "EXECUTE s1");
+    s.write_all(&out).await.unwrap();
+    let reply = until_ready(&mut s).await;
+    assert!(
+        contains(&reply, b"C42501"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
 const READ_ANYTHING: &str = r#"
 rules:
   - {action: allow, match: {classes: [read, control]}}

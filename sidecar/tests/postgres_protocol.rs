@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cardgate_e2e::pg::{PANS, Postgres, bin_dir};
+use cardgate_sidecar::gate::RowLimits;
 use cardgate_sidecar::postgres::codec;
-use cardgate_sidecar::postgres::guard::RowLimits;
 use support::proxy::{FixedGuard, Proxy, TOKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

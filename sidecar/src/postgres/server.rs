@@ -13,13 +13,14 @@ use tokio::sync::Semaphore;
 use super::cancel::{self, CancelRegistry, CancelTarget};
 use super::catalog::Catalog;
 use super::codec;
-use super::guard::{ClientInfo, Guard};
 use super::relay::{self, RelayContext};
 use super::startup::{self, Startup, StartupError};
 use super::upstream::UpstreamSettings;
+use crate::gate::ClientInfo;
+use crate::postgres::guard::PgGuard;
 
 /// Everything needed to serve clients of one target.
-pub struct TargetProxy<G: Guard> {
+pub struct TargetProxy<G: PgGuard> {
     /// Target name.
     pub name: String,
     /// Decisions, masking and audit.
@@ -38,7 +39,7 @@ pub struct TargetProxy<G: Guard> {
     pub connections: Arc<Semaphore>,
 }
 
-impl<G: Guard> TargetProxy<G> {
+impl<G: PgGuard> TargetProxy<G> {
     /// Builds the proxy for a target.
     pub fn new(
         name: String,
@@ -170,7 +171,7 @@ impl<G: Guard> TargetProxy<G> {
                 self.guard.refused(&info, &message);
                 self.guard.session_ended(
                     session,
-                    &super::guard::SessionSummary {
+                    &crate::gate::SessionSummary {
                         error: Some(message.clone()),
                         ..Default::default()
                     },
@@ -198,7 +199,8 @@ impl<G: Guard> TargetProxy<G> {
         if reader.get_mut().write_all(&out).await.is_err() {
             return;
         }
-        let recorder = self.guard.session_started(&session);
+        self.guard.session_started(&session);
+        let recorder = self.guard.recorder(&session);
         let ctx = RelayContext {
             guard: &*self.guard,
             catalog: &self.catalog,

@@ -17,10 +17,11 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::MAX_STARTUP_PACKET;
-use super::guard::{ClientInfo, Guard};
 use super::server::TargetProxy;
 use super::startup::{self, Startup};
+use crate::gate::ClientInfo;
 use crate::intercept::Cidr;
+use crate::postgres::guard::PgGuard;
 
 /// The address ranges and port that belong to one target.
 pub type Claims = Vec<(Cidr, u16)>;
@@ -105,7 +106,7 @@ fn listen(addr: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
 
 /// Accepts redirected connections on `listeners` until `shutdown` resolves
 /// and hands each to the target that claims its original destination.
-pub async fn serve_transparent<G: Guard>(
+pub async fn serve_transparent<G: PgGuard>(
     listeners: Vec<TcpListener>,
     targets: Vec<(Claims, Arc<TargetProxy<G>>)>,
     shutdown: impl Future<Output = ()>,
@@ -142,7 +143,7 @@ fn accept_any(
     Poll::Pending
 }
 
-async fn route<G: Guard>(
+async fn route<G: PgGuard>(
     tcp: TcpStream,
     peer: SocketAddr,
     targets: &[(Claims, Arc<TargetProxy<G>>)],

@@ -21,13 +21,13 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{AdminServer, Metrics, Readiness};
 use crate::audit::{AuditLog, AuditOptions};
+use crate::gate::RowLimits;
 use crate::gate::{self, Gate};
 use crate::identity::{Authenticator, PodIdentity};
 use crate::intercept::Cidr;
 use crate::masking::Masker;
 use crate::policy::{Classifier, Policy};
 use crate::postgres::cancel::CancelRegistry;
-use crate::postgres::guard::RowLimits;
 use crate::postgres::server::TargetProxy;
 use crate::postgres::transparent;
 use crate::postgres::upstream::UpstreamSettings;
@@ -161,7 +161,7 @@ async fn shared_parts(
     pod: &PodIdentity,
     audit: &Arc<AuditLog>,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Arc<gate::Shared>> {
+) -> anyhow::Result<Arc<gate::Engine>> {
     let hmac_key = match &config.masking.hmac_key_file {
         Some(f) => Some(crate::masking::cli::read_hmac_key(Path::new(f))?),
         None => None,
@@ -177,7 +177,7 @@ async fn shared_parts(
         Some(a) => Some(approvals(a, hmac_key.as_deref(), pod, path).await?),
         None => None,
     };
-    Ok(Arc::new(gate::Shared {
+    Ok(Arc::new(gate::Engine {
         policy: config.policy.clone(),
         policy_label: config.policy.to_string(),
         classifier: Arc::new(Classifier::new(config.proxy.classification_cache as usize)),
@@ -226,7 +226,7 @@ async fn approvals(
 /// A local approval directory has no operator: the sidecar audits its
 /// reviews and decisions and applies the retention.
 fn spawn_approval_auditor<F: Future<Output = ()> + Send + 'static>(
-    shared: &gate::Shared,
+    shared: &gate::Engine,
     stopped: &impl Fn() -> F,
 ) -> Option<JoinHandle<()>> {
     let Some(gate::Approvals {
@@ -260,7 +260,7 @@ struct Targets {
 /// only PostgreSQL targets are served by this version (fail closed).
 async fn serve_targets<F: Future<Output = ()> + Send + 'static>(
     config: &SidecarConfig,
-    shared: &Arc<gate::Shared>,
+    shared: &Arc<gate::Engine>,
     connections: &Arc<Semaphore>,
     stopped: &impl Fn() -> F,
 ) -> anyhow::Result<Targets> {

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cardgate_e2e::pg::{PROXY_PASSWORD, PROXY_USER, Postgres};
-use cardgate_sidecar::postgres::cancel::CancelRegistry;
-use cardgate_sidecar::postgres::guard::{
-    ClientInfo, ColumnOutput, Guard, Held, Outcome, Protocol, Resolved, RowLimits, SessionRecorder,
-    SessionSummary, Verdict,
+use cardgate_sidecar::gate::{
+    Access, ClientInfo, Completion, Guard, Held, Protocol, Resolved, RowLimits, SessionSummary,
+    Verdict,
 };
+use cardgate_sidecar::postgres::cancel::CancelRegistry;
+use cardgate_sidecar::postgres::guard::{ColumnOutput, PgGuard, SessionRecorder};
 use cardgate_sidecar::postgres::server::TargetProxy;
 use cardgate_sidecar::postgres::upstream::{Credential, UpstreamSettings};
 
@@ -27,7 +28,7 @@ pub const TOKEN: &str = "good-token";
 pub struct FixedGuard {
     pub limits: RowLimits,
     pub events: Mutex<Vec<String>>,
-    pub outcomes: Mutex<Vec<(String, Outcome)>>,
+    pub outcomes: Mutex<Vec<(String, Completion)>>,
     /// Every byte the relay handed to recorders, as one text.
     pub transcript: Arc<Mutex<Vec<u8>>>,
 }
@@ -69,7 +70,7 @@ impl FixedGuard {
         self.events.lock().unwrap().clone()
     }
 
-    pub fn outcomes(&self) -> Vec<(String, Outcome)> {
+    pub fn outcomes(&self) -> Vec<(String, Completion)> {
         self.outcomes.lock().unwrap().clone()
     }
 }
@@ -77,8 +78,6 @@ impl FixedGuard {
 impl Guard for FixedGuard {
     type Session = FixedSession;
     type Statement = String;
-    type ColumnRule = ();
-    type Recorder = Transcript;
     type Hold = String;
     type Waiting = ();
 
@@ -98,21 +97,20 @@ impl Guard for FixedGuard {
         self.log(format!("refused {reason}"));
     }
 
-    fn session_started(&self, s: &FixedSession) -> Option<Transcript> {
+    fn session_started(&self, s: &FixedSession) {
         self.log(format!("start {}", s.subject));
-        Some(Transcript(Arc::clone(&self.transcript)))
     }
 
     fn greeting(&self, s: &FixedSession) -> Option<String> {
         Some(format!("connected as {}", s.subject))
     }
 
-    fn decide(
-        &self,
-        _s: &mut FixedSession,
-        sql: &str,
-        protocol: Protocol,
-    ) -> Verdict<String, String> {
+    fn decide(&self, _s: &mut FixedSession, access: Access<'_>) -> Verdict<String, String> {
+        let Access::Sql {
+            text: sql,
+            protocol,
+            ..
+        } = access;
         if protocol == Protocol::FunctionCall || sql.to_ascii_uppercase().contains("DROP") {
             self.log(format!("deny {sql}"));
             Verdict::Deny(format!(
@@ -124,6 +122,8 @@ impl Guard for FixedGuard {
         }
     }
 
+    fn statement_closed(&self, _s: &mut FixedSession, _name: &str) {}
+
     async fn hold(&self, sql: String) -> Held<String, ()> {
         Held::Now(Resolved::Deny(format!("no approvals here: {sql}")))
     }
@@ -134,7 +134,7 @@ impl Guard for FixedGuard {
 
     async fn withdraw(&self, _waiting: (), _reason: &str) {}
 
-    fn completed(&self, statement: &String, outcome: &Outcome) {
+    fn completed(&self, statement: &String, outcome: &Completion) {
         self.outcomes
             .lock()
             .unwrap()
@@ -175,6 +175,23 @@ impl Guard for FixedGuard {
         Some(found)
     }
 
+    fn limits(&self) -> RowLimits {
+        self.limits
+    }
+
+    fn policy_name(&self) -> &str {
+        "test/fixed"
+    }
+}
+
+impl PgGuard for FixedGuard {
+    type ColumnRule = ();
+    type Recorder = Transcript;
+
+    fn recorder(&self, _s: &FixedSession) -> Option<Transcript> {
+        Some(Transcript(Arc::clone(&self.transcript)))
+    }
+
     fn has_column_rules(&self) -> bool {
         true
     }
@@ -191,14 +208,6 @@ impl Guard for FixedGuard {
         _out: &mut Vec<u8>,
     ) -> ColumnOutput {
         ColumnOutput::Null
-    }
-
-    fn limits(&self) -> RowLimits {
-        self.limits
-    }
-
-    fn policy_name(&self) -> &str {
-        "test/fixed"
     }
 }
 

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use super::guard::SessionRecorder;
+use super::messages;
 use crate::masking::Masker;
-use crate::postgres::guard::SessionRecorder;
-use crate::postgres::messages;
 use crate::recording::{DiagnosticRef, Recorder};
 
 /// A session's recording.
