@@ -86,3 +86,35 @@ fn a_line_cut_from_the_middle_of_a_fluent_bit_file_is_named() {
     );
     assert_eq!((f.records[0].at.line, f.records[0].seq), (5, Some(6)));
 }
+
+#[test]
+fn an_audit_outage_is_listed_under_10_7() {
+    use cardgate_crds::audit::{AuditRecord, Chain, EventKind, Origin, Outcome};
+    let origin = Origin {
+        component: "sidecar".into(),
+        pod: Some("p".into()),
+        ..Origin::default()
+    };
+    let mut chain = Chain::default();
+    let mut text = Vec::new();
+    for (event, outcome) in [
+        (EventKind::AuditStart, Outcome::Success),
+        (EventKind::AuditStop, Outcome::Failure),
+        (EventKind::AuditStart, Outcome::Success),
+        (EventKind::AuditStop, Outcome::Success),
+    ] {
+        text.extend(chain.seal(&mut AuditRecord::new(event, outcome, origin.clone())));
+    }
+    let mut e = Export::default();
+    e.read("x", text.as_slice()).unwrap();
+    let report = examine(&e, &Options::default());
+    assert!(report.verified, "{:#?}", report.findings);
+    let q = report
+        .requirements
+        .iter()
+        .find(|q| q.id == "10.7.x")
+        .unwrap();
+    assert_eq!(q.exceptions.len(), 1);
+    assert_eq!(q.exceptions[0].seq, Some(2));
+    assert_eq!(q.evidence[0], "1 audit trail pauses after a sink failure");
+}
