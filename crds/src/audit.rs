@@ -238,6 +238,12 @@ pub struct ApprovalDetails {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
+    /// The chain this record belongs to: set when a chain begins and kept
+    /// for its whole life (across restarts that continue a file), so a
+    /// reader can separate the chains of many pods in one interleaved
+    /// export. Absent on records written before chains had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     /// Position in the chain, from 1.
     pub seq: u64,
     /// UTC time, RFC 3339 with microseconds.
@@ -277,6 +283,7 @@ impl AuditRecord {
     /// `prevHash` and `hash` when it is sealed.
     pub fn new(event: EventKind, outcome: Outcome, origin: Origin) -> Self {
         Self {
+            chain: None,
             seq: 0,
             time: now_rfc3339(),
             event,
@@ -351,27 +358,43 @@ pub fn record_hash(record: &Value) -> String {
 /// record to the one before.
 #[derive(Debug, Clone)]
 pub struct Chain {
+    id: String,
     next_seq: u64,
     prev_hash: String,
 }
 
 impl Default for Chain {
+    /// A new chain with a new random id.
     fn default() -> Self {
         Self {
+            id: new_chain_id(),
             next_seq: 1,
             prev_hash: GENESIS_HASH.to_string(),
         }
     }
 }
 
+/// A new chain id: 128 random bits in hex, so chains of different pods and
+/// restarts never share one.
+pub fn new_chain_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
 impl Chain {
     /// Continues a chain after the record with `seq` and `hash` (e.g. the
-    /// last record of an existing log file).
-    pub fn resume(seq: u64, hash: String) -> Self {
+    /// last record of an existing log file), keeping its id; a log written
+    /// before chains had ids continues under a new one.
+    pub fn resume(seq: u64, hash: String, id: Option<String>) -> Self {
         Self {
+            id: id.unwrap_or_else(new_chain_id),
             next_seq: seq + 1,
             prev_hash: hash,
         }
+    }
+
+    /// The chain's id, written on every record it seals.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Sequence number the next record gets.
@@ -382,6 +405,7 @@ impl Chain {
     /// Seals `record` into the chain and returns its JSON line (with a
     /// trailing newline).
     pub fn seal(&mut self, record: &mut AuditRecord) -> Vec<u8> {
+        record.chain = Some(self.id.clone());
         record.seq = self.next_seq;
         record.prev_hash.clone_from(&self.prev_hash);
         record.hash.clear();
@@ -425,6 +449,7 @@ mod canonical {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             // Destructured so that a new field cannot be forgotten here.
             let AuditRecord {
+                chain,
                 seq,
                 time,
                 event,
@@ -446,6 +471,8 @@ mod canonical {
                 actor: Option<ActorView<'a>>,
                 #[serde(skip_serializing_if = "none")]
                 approval: Option<ApprovalView<'a>>,
+                #[serde(skip_serializing_if = "none")]
+                chain: &'a Option<String>,
                 event: &'a super::EventKind,
                 #[serde(skip_serializing_if = "none")]
                 message: &'a Option<String>,
@@ -464,6 +491,7 @@ mod canonical {
             View {
                 actor: actor.as_ref().map(ActorView::of),
                 approval: approval.as_ref().map(ApprovalView::of),
+                chain,
                 event,
                 message,
                 origin: OriginView::of(origin),
@@ -820,6 +848,9 @@ pub struct VerifyReport {
     pub last_hash: Option<String>,
     /// Whether the last record is `audit.stop` (a cleanly closed trail).
     pub closed: bool,
+    /// Chain id of the last verified record, if it carries one: a writer
+    /// continuing the log keeps it.
+    pub chain: Option<String>,
     /// The first problem, if any.
     pub problem: Option<ChainProblem>,
 }
@@ -926,6 +957,7 @@ pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<
         last_seq: None,
         last_hash: None,
         closed: false,
+        chain: None,
         problem: None,
     };
     let total = raw_lines.len();
@@ -965,6 +997,52 @@ pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<
         }
     }
     let truncated = report.problem.take();
+    let refs: Vec<(usize, &Value)> = parsed.iter().map(|(l, v)| (*l, v)).collect();
+    let mut report = walk_records(&refs, options);
+    if report.problem.is_none() {
+        report.problem = truncated.or_else(|| anchor_beyond_end(&report, options));
+    }
+    Ok(report)
+}
+
+/// Walks parsed records in the order given and reports the first problem
+/// of their chain: the one check behind [`verify`] and the evidence engine
+/// ([`crate::evidence`]). `position` (a line number, or an index into an
+/// export) is what the problem names.
+pub fn walk(parsed: &[(usize, &Value)], options: &VerifyOptions) -> VerifyReport {
+    let mut report = walk_records(parsed, options);
+    if report.problem.is_none() {
+        report.problem = anchor_beyond_end(&report, options);
+    }
+    report
+}
+
+/// The problem of an anchor past the last verified record: the tail that
+/// held it was removed.
+fn anchor_beyond_end(report: &VerifyReport, options: &VerifyOptions) -> Option<ChainProblem> {
+    let a = options
+        .anchors
+        .iter()
+        .find(|a| report.last_seq.is_none_or(|last| a.seq > last))?;
+    Some(ChainProblem::AnchorMismatch {
+        seq: a.seq,
+        reason: format!(
+            "the log ends at seq={}, before the anchored record: its tail was removed",
+            report.last_seq.unwrap_or(0)
+        ),
+    })
+}
+
+fn walk_records(parsed: &[(usize, &Value)], options: &VerifyOptions) -> VerifyReport {
+    let mut report = VerifyReport {
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+        last_hash: None,
+        closed: false,
+        chain: None,
+        problem: None,
+    };
 
     let seqs: Vec<Option<u64>> = parsed
         .iter()
@@ -978,7 +1056,7 @@ pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<
                 line,
                 reason: "missing seq".into(),
             });
-            return Ok(report);
+            return report;
         };
         let stored = v.get("hash").and_then(Value::as_str).unwrap_or_default();
         let prev_hash = v
@@ -1007,11 +1085,11 @@ pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<
                 }
             };
             report.problem = Some(problem);
-            return Ok(report);
+            return report;
         }
         if record_hash(v) != stored {
             report.problem = Some(ChainProblem::Modified { line, seq });
-            return Ok(report);
+            return report;
         }
         let links = match &prev {
             Some((_, h)) => prev_hash == h,
@@ -1020,13 +1098,14 @@ pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<
         };
         if !links {
             report.problem = Some(ChainProblem::Forged { line, seq });
-            return Ok(report);
+            return report;
         }
         report.records += 1;
         report.first_seq.get_or_insert(seq);
         report.last_seq = Some(seq);
         report.last_hash = Some(stored.to_string());
         report.closed = v.get("event").and_then(Value::as_str) == Some("audit.stop");
+        report.chain = v.get("chain").and_then(Value::as_str).map(str::to_string);
         for a in options.anchors.iter().filter(|a| a.seq == seq) {
             if a.hash != stored {
                 report.problem = Some(ChainProblem::AnchorMismatch {
@@ -1036,28 +1115,12 @@ pub fn verify(reader: impl BufRead, options: &VerifyOptions) -> std::io::Result<
                         a.hash
                     ),
                 });
-                return Ok(report);
+                return report;
             }
         }
         prev = Some((seq, stored.to_string()));
     }
-    if let Some(t) = truncated {
-        report.problem = Some(t);
-        return Ok(report);
-    }
-    for a in &options.anchors {
-        if report.last_seq.is_none_or(|last| a.seq > last) {
-            report.problem = Some(ChainProblem::AnchorMismatch {
-                seq: a.seq,
-                reason: format!(
-                    "the log ends at seq={}, before the anchored record: its tail was removed",
-                    report.last_seq.unwrap_or(0)
-                ),
-            });
-            return Ok(report);
-        }
-    }
-    Ok(report)
+    report
 }
 
 #[cfg(test)]
@@ -1092,6 +1155,7 @@ mod tests {
         };
         let mut r = AuditRecord::new(EventKind::ApprovalExecuted, Outcome::Failure, origin);
         r.seq = 42;
+        r.chain = s("0f3a\"c");
         r.prev_hash = GENESIS_HASH.into();
         r.hash = "ignored".into();
         r.actor = Some(Actor {
@@ -1147,6 +1211,7 @@ mod tests {
         partial.statement.as_mut().unwrap().rows = None;
         partial.approval = None;
         partial.origin.pod_uid = None;
+        partial.chain = None;
         assert_eq!(sealed_canonical(&partial), generic_canonical(&partial));
     }
 
@@ -1159,5 +1224,20 @@ mod tests {
         assert_eq!(value["hash"], r.hash.as_str());
         assert_eq!(record_hash(&value), r.hash);
         assert_eq!(value["seq"], 1);
+        assert_eq!(value["chain"], chain.id());
+    }
+
+    #[test]
+    fn a_resumed_chain_keeps_its_id_and_new_chains_get_new_ones() {
+        let mut first = Chain::default();
+        let mut r = full();
+        first.seal(&mut r);
+        let mut resumed = Chain::resume(1, r.hash.clone(), r.chain.clone());
+        let mut next = full();
+        resumed.seal(&mut next);
+        assert_eq!(next.chain.as_deref(), Some(first.id()));
+        assert_eq!((next.seq, next.prev_hash.as_str()), (2, r.hash.as_str()));
+        assert_ne!(Chain::default().id(), first.id());
+        assert_eq!(first.id().len(), 32);
     }
 }

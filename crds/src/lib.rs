@@ -8,6 +8,9 @@
 //! - [`config`]: the sidecar configuration file that the operator renders and
 //!   the sidecar loads (also written by hand for standalone mode);
 //! - [`audit`]: the audit record and the hash chain that makes it tamper-evident;
+//! - [`detect`]: the built-in card-data detector the masking engine and the
+//!   evidence engine share;
+//! - [`evidence`]: verification of exported audit logs for assessors;
 //! - [`pod`]: names, paths and ports the operator's injection and the
 //!   sidecar must agree on;
 //! - [`validation`]: one error type that names every problem with its path.
@@ -17,6 +20,8 @@
 pub mod approval;
 pub mod audit;
 pub mod config;
+pub mod detect;
+pub mod evidence;
 pub mod glob;
 pub mod pod;
 pub mod summary;

@@ -73,7 +73,8 @@ fn hash_is_over_sorted_compact_json_without_hash() {
     let canon = String::from_utf8(canonical_bytes(&v)).unwrap();
     assert!(!canon.contains("\"hash\""));
     assert!(
-        canon.starts_with("{\"event\":\"audit.start\",\"message\""),
+        canon.starts_with("{\"chain\":\"")
+            && canon.contains("\",\"event\":\"audit.start\",\"message\""),
         "{canon}"
     );
     assert_eq!(record_hash(&v), v["hash"].as_str().unwrap());
@@ -202,13 +203,19 @@ fn garbage_in_the_middle_is_malformed() {
 fn a_resumed_chain_continues() {
     let l = log(3);
     let last: Value = serde_json::from_str(&l[2]).unwrap();
-    let mut chain = Chain::resume(3, last["hash"].as_str().unwrap().into());
+    let mut chain = Chain::resume(
+        3,
+        last["hash"].as_str().unwrap().into(),
+        last["chain"].as_str().map(str::to_string),
+    );
     let mut r = AuditRecord::new(EventKind::AuditStop, Outcome::Success, origin());
     let line = String::from_utf8(chain.seal(&mut r)).unwrap();
     let mut all = l.clone();
     all.push(line.trim_end().into());
     let report = check(&all, &VerifyOptions::default());
     assert!(report.ok() && report.closed && report.records == 4);
+    assert_eq!(r.chain.as_deref(), last["chain"].as_str());
+    assert_eq!(report.chain, r.chain);
 }
 
 proptest! {

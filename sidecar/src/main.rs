@@ -107,6 +107,26 @@ enum AuditCommand {
         #[arg(long)]
         partial: bool,
     },
+    /// Verify an export of audit records from many pods and report per PCI
+    /// DSS requirement (the engine of `kubectl cardgate evidence`); exits 1
+    /// when verification fails.
+    Evidence {
+        /// Files, directories (read recursively), or - for stdin.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Write the JSON report here (- for stdout instead of the summary).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the self-contained HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Accept chains that start mid-way (an export of a time range).
+        #[arg(long)]
+        partial: bool,
+        /// Report chains without audit.stop as warnings (still running).
+        #[arg(long)]
+        allow_open: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -185,6 +205,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             println!("{}: {report}", file.display());
             Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Evidence {
+                    paths,
+                    json,
+                    html,
+                    partial,
+                    allow_open,
+                },
+        } => {
+            let args = cardgate_crds::evidence::cli::Args {
+                paths,
+                json,
+                html,
+                options: cardgate_crds::evidence::Options {
+                    allow_partial: partial,
+                    allow_open,
+                },
+            };
+            let report = cardgate_crds::evidence::cli::run(
+                &args,
+                std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(if report.verified {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -118,6 +118,9 @@ async fn reopening_continues_the_chain() {
     assert_eq!(restart["event"], "audit.start");
     assert_eq!(restart["seq"], stop["seq"].as_u64().unwrap() + 1);
     assert_eq!(restart["prevHash"], stop["hash"]);
+    // One chain, one id, across the restart.
+    assert!(stop["chain"].is_string(), "{stop}");
+    assert!(all.iter().all(|r| r["chain"] == stop["chain"]), "{all:?}");
     assert!(
         restart["message"]
             .as_str()

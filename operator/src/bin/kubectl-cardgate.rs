@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cardgate_crds::audit::{Anchor, VerifyOptions};
+use cardgate_crds::evidence;
 use cardgate_crds::v1alpha1::Decision;
 use cardgate_operator::approval::cli;
 use clap::{Parser, Subcommand};
@@ -65,6 +66,53 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Verify an export of audit records from many pods (JSON lines, CRI
+    /// container logs, Fluent Bit or Vector output) and report per PCI DSS
+    /// requirement; exits 1 when verification fails.
+    Evidence(EvidenceArgs),
+}
+
+#[derive(clap::Args)]
+struct EvidenceArgs {
+    /// Files, directories (read recursively), or - for stdin.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Write the JSON report here (- for stdout instead of the summary).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the self-contained HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Accept chains that start mid-way (an export of a time range).
+    #[arg(long)]
+    partial: bool,
+    /// Report chains without audit.stop as warnings (pods still running).
+    #[arg(long)]
+    allow_open: bool,
+}
+
+fn evidence(a: EvidenceArgs) -> ExitCode {
+    let args = evidence::cli::Args {
+        paths: a.paths,
+        json: a.json,
+        html: a.html,
+        options: evidence::Options {
+            allow_partial: a.partial,
+            allow_open: a.allow_open,
+        },
+    };
+    match evidence::cli::run(
+        &args,
+        std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+    ) {
+        Ok(report) if report.verified => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("kubectl-cardgate: evidence: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -116,6 +164,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     partial,
                 },
         } => return Ok(verify(file, anchor, partial)),
+        Command::Evidence(args) => return Ok(evidence(args)),
         Command::Approvals {
             namespace,
             all_namespaces,

@@ -24,8 +24,8 @@ pub const BATCH_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// when a single record is larger.
 const TAIL_WINDOW: u64 = 1 << 20;
 
-/// Where an existing chain ends: the last record's seq and hash.
-pub(crate) type Tail = Option<(u64, String)>;
+/// Where an existing chain ends: the last record's seq, hash and chain id.
+pub(crate) type Tail = Option<(u64, String, Option<String>)>;
 
 /// A write or sync that failed; `permanent` failures are not retried.
 #[derive(Debug)]
@@ -156,7 +156,7 @@ impl FileSink {
             self.len += 1;
             self.file.sync_data()?;
         }
-        Ok(Some((seq, hash)))
+        Ok(Some((seq, hash, report.chain)))
     }
 
     /// Appends whole lines. On failure the file is cut back to its previous

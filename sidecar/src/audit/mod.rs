@@ -204,15 +204,15 @@ impl AuditLog {
             .await
             .map_err(|_| AuditError::Stopped)??;
 
-        let mut tail: Option<(String, u64, String)> = None;
+        let mut tail: Option<(String, u64, String, Option<String>)> = None;
         for (p, t) in &prepared {
-            let (Prepared::File(f), Some((seq, hash))) = (p, t) else {
+            let (Prepared::File(f), Some((seq, hash, id))) = (p, t) else {
                 continue;
             };
             let path = f.path().display().to_string();
             match &tail {
-                None => tail = Some((path, *seq, hash.clone())),
-                Some((other, s, h)) if (s, h) != (seq, hash) => {
+                None => tail = Some((path, *seq, hash.clone(), id.clone())),
+                Some((other, s, h, _)) if (s, h) != (seq, hash) => {
                     return Err(AuditError::Diverged(format!(
                         "{other} ends at seq {s} (hash {h}), {path} at seq {seq} (hash {hash}): they hold different chains; point the sidecar at one of them"
                     )));
@@ -220,9 +220,9 @@ impl AuditLog {
                 Some(_) => {}
             }
         }
-        let chain = tail
-            .as_ref()
-            .map_or_else(Chain::default, |(_, s, h)| Chain::resume(*s, h.clone()));
+        let chain = tail.as_ref().map_or_else(Chain::default, |(_, s, h, id)| {
+            Chain::resume(*s, h.clone(), id.clone())
+        });
         let resumed = chain.next_seq() - 1;
 
         let (tx, rx) = mpsc::channel();
@@ -298,7 +298,7 @@ impl AuditLog {
         let mut start =
             AuditRecord::new(EventKind::AuditStart, Outcome::Success, log.origin.clone());
         start.message = Some(match tail {
-            Some((path, seq, _)) => format!(
+            Some((path, seq, _, _)) => format!(
                 "audit trail started; sinks: {}; continuing the chain of {path} after seq {seq}",
                 described.join(", ")
             ),

@@ -15,11 +15,7 @@
 
 mod action;
 pub mod cli;
-mod issuers;
 mod json;
-mod pan;
-mod sad;
-mod scan;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -33,11 +29,11 @@ use cardgate_crds::validation::{Problems, index, join};
 use serde::Serialize;
 
 pub use action::{MASK_CHAR, MIN_HMAC_KEY_LEN, TOKEN_PREFIX};
-pub use issuers::{ISSUERS, IssuerRange, Lengths, card_brand};
+pub use cardgate_crds::detect::{ISSUERS, IssuerRange, Lengths, card_brand};
 
 use action::{HmacKey, TextAction};
+use cardgate_crds::detect::{Find, Found, Scanner};
 use json::{JsonFind, JsonRule, JsonValue};
-use scan::{Find, Found, Scanner};
 
 /// Why a masking configuration cannot be used. Messages never quote a card
 /// number: anything taken from the configuration is masked first.
