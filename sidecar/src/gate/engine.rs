@@ -18,7 +18,7 @@ use crate::approval::{NewRequest, Resolution, Store, keyed_fingerprint};
 use crate::audit::AuditLog;
 use crate::identity::{Authenticator, Identity, claimed_identity};
 use crate::masking::Masker;
-use crate::policy::{Classification, Classifier, Decision, Policy, SqlSession};
+use crate::policy::{Classification, Classifier, RuleDecision, Policy, SqlSession};
 use crate::recording::{Recorder, Recordings, SessionInfo};
 
 use super::seam::{
@@ -465,7 +465,7 @@ struct JudgedSql {
     reads: Vec<String>,
     writes: Vec<String>,
     /// The rules' decision; `None` for a FunctionCall, never allowed.
-    decision: Option<Decision>,
+    decision: Option<RuleDecision>,
     /// The statement's own classification, for a Parse that names it.
     classification: Option<Arc<Classification>>,
 }
@@ -496,7 +496,7 @@ impl Gate {
 
     /// The action, the rule that decided it and the message for a refusal;
     /// an unhealthy audit trail refuses everything.
-    fn ruling(&self, decision: Option<&Decision>) -> (RuleAction, String, String) {
+    fn ruling(&self, decision: Option<&RuleDecision>) -> (RuleAction, String, String) {
         let shared = &self.shared;
         match (decision, shared.audit.healthy()) {
             (_, false) => (
