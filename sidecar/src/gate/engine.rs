@@ -18,7 +18,7 @@ use crate::approval::{NewRequest, Resolution, Store, keyed_fingerprint};
 use crate::audit::AuditLog;
 use crate::identity::{Authenticator, Identity, claimed_identity};
 use crate::masking::Masker;
-use crate::policy::{Classification, Classifier, RuleDecision, Policy, SqlSession};
+use crate::policy::{Classification, Classifier, Policy, RuleDecision, SqlSession};
 use crate::recording::{Recorder, Recordings, SessionInfo};
 
 use super::seam::{
