@@ -431,13 +431,13 @@ impl Guard for Gate {
         rec.resource = Some(self.resource(&s.database));
         rec.message = Some(match &summary.error {
             Some(e) => self.masked(&format!(
-                "{} statements ({} denied) in {} ms; ended: {e}",
+                "{} statements decided ({} denied) in {} ms; ended: {e}",
                 summary.statements,
                 summary.denied,
                 summary.duration.as_millis()
             )),
             None => format!(
-                "{} statements ({} denied) in {} ms",
+                "{} statements decided ({} denied) in {} ms",
                 summary.statements,
                 summary.denied,
                 summary.duration.as_millis()
