@@ -135,7 +135,6 @@ pub struct Session {
     database: String,
     sql: SqlSession,
     _active: SessionGuard,
-    statements: u64,
 }
 
 /// A decided statement on its way to the server.
@@ -185,7 +184,6 @@ impl Guard for Gate {
                     database: client.database.clone(),
                     sql: SqlSession::new(),
                     _active: self.shared.metrics.session(),
-                    statements: 0,
                 })
             }
             Err(e) => {
@@ -265,7 +263,6 @@ impl Guard for Gate {
             protocol,
             prepare_as,
         } = access;
-        s.statements += 1;
         let judged = self.judge_sql(s, sql, protocol);
         let (action, rule, message) = self.ruling(judged.decision.as_ref());
         self.shared.metrics.statement(judged.class, action).inc();
